@@ -1,0 +1,56 @@
+"""Config keys of the Overlap Sampler, under ``cfg.MODEL.OVERLAP_SAMPLER``."""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_overlap_sampler_config"]
+
+
+def add_overlap_sampler_config(cfg: CN) -> None:
+    """Add the Overlap Sampler keys to ``cfg`` in place (defaults: Table 2(f) of the paper).
+
+    Select the sampler with ``MODEL.ROI_HEADS.NAME: "OverlapSamplerROIHeads"``. Each side
+    (negatives, positives) names a sampler in ``OVERLAP_SAMPLER_REGISTRY``. The paper's θ is also
+    the NMS threshold at inference (Table 2(c)); Detectron2 reads that one from
+    ``MODEL.ROI_HEADS.NMS_THRESH_TEST``, which the configs under ``configs/OverlapSampler/`` set to
+    the same 0.55.
+    """
+    _C = cfg
+    _C.MODEL.OVERLAP_SAMPLER = CN()
+    # θ: threshold on the overlap among examples of hard probability sampling (Eq. (1)); the paper
+    # takes the NMS threshold, 0.55 at inference (Table 2(c)).
+    _C.MODEL.OVERLAP_SAMPLER.THRESHOLD = 0.55
+    # ε: loss weight of each ground truth's best-matched positive in the box head (§3.2,
+    # Table 2(e)); 1.0 turns the re-weighting off.
+    _C.MODEL.OVERLAP_SAMPLER.EPSILON = 2.0
+
+    # Negative overlap sampler (§3.2), on IoU^{p,n}: a negative's largest IoU with the positives.
+    _C.MODEL.OVERLAP_SAMPLER.NEGATIVE = CN()
+    # Sampler in OVERLAP_SAMPLER_REGISTRY: "OverlapSampler" (the paper), or the baselines
+    # "OverlapSamplerRandom" (Detectron2's random sampling) and "OverlapSamplerIoUBalanced" (Libra
+    # R-CNN's IoU-balanced sampling on the IoU with the ground truth, K = LIBRA_NUM_BINS).
+    _C.MODEL.OVERLAP_SAMPLER.NEGATIVE.NAME = "OverlapSampler"
+    # Probability sampling strategy: "uniform", "hard" (Eq. (1)), "soft" (Eq. (2)) or "linear"
+    # (Eq. (3)).
+    _C.MODEL.OVERLAP_SAMPLER.NEGATIVE.STRATEGY = "soft"
+    # K: number of equal IoU bins of soft sampling (Eq. (2), Table 2(b)).
+    _C.MODEL.OVERLAP_SAMPLER.NEGATIVE.NUM_BINS = 2
+    # IoU^{p,n}_max: upper end of the binned interval [0, IoU_max) of Eq. (2) (footnote 3). 0.0: the
+    # largest IoU^{p,n} among the image's negatives, as Eq. (2) is written; e.g. 0.7: the fixed
+    # interval [0, 0.7) implied by an RPN NMS threshold of 0.7 (larger overlaps join the last bin).
+    _C.MODEL.OVERLAP_SAMPLER.NEGATIVE.INTERVAL_MAX = 0.0
+    # K of the IoU-balanced baseline (Libra R-CNN uses 3 bins on the IoU with the ground truth).
+    _C.MODEL.OVERLAP_SAMPLER.NEGATIVE.LIBRA_NUM_BINS = 3
+
+    # Positive overlap sampler (§3.2), on IoU^{p,e}: a positive's largest IoU with other examples.
+    _C.MODEL.OVERLAP_SAMPLER.POSITIVE = CN()
+    # Sampler in OVERLAP_SAMPLER_REGISTRY: "OverlapSampler" or "OverlapSamplerRandom".
+    _C.MODEL.OVERLAP_SAMPLER.POSITIVE.NAME = "OverlapSampler"
+    # Probability sampling strategy, as for negatives (Table 2(d)).
+    _C.MODEL.OVERLAP_SAMPLER.POSITIVE.STRATEGY = "soft"
+    # K for the positives' soft sampling (Eq. (2)).
+    _C.MODEL.OVERLAP_SAMPLER.POSITIVE.NUM_BINS = 2
+    # IoU^{p,e}_max of Eq. (2) for the positives; 0.0: the image's largest IoU^{p,e}.
+    _C.MODEL.OVERLAP_SAMPLER.POSITIVE.INTERVAL_MAX = 0.0
+    # Examples that IoU^{p,e} is taken against: "negatives" (Figure 3: the overlap between
+    # positives and negatives) or "examples" (all other examples, positives included).
+    _C.MODEL.OVERLAP_SAMPLER.POSITIVE.IOU_WITH = "negatives"
