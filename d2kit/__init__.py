@@ -1,0 +1,10 @@
+"""d2kit: what the five projects share and is not a paper.
+
+Importing it registers the synthetic datasets (``synth_shapes_*``, ``synth_crowd_*``) with
+Detectron2's ``DatasetCatalog``/``MetadataCatalog``; they are generated on first use.
+"""
+
+from .data import register_synthetic_datasets
+from .paths import CONFIGS_ROOT, REPO_ROOT, datasets_root, resolve_config_file
+
+register_synthetic_datasets()

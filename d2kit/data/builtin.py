@@ -1,0 +1,56 @@
+"""Register the synthetic datasets with Detectron2's catalogs (done on ``import d2kit``).
+
+Registered names (all COCO-style, ``evaluator_type="coco"``):
+
+=========================  ===================================================================
+``synth_shapes_train``      400 images, 1-4 shapes each, 3 classes, instance masks
+``synth_shapes_val``        100 held-out images of the same generator (another seed)
+``synth_shapes_val_mini``   the first 8 images of ``synth_shapes_val`` (fast tests)
+``synth_crowd_train``       200 dense scenes, 50-300 overlapping objects each, 2 classes
+``synth_crowd_val``         50 held-out dense scenes
+``synth_crowd_val_mini``    the first 8 images of ``synth_crowd_val``
+=========================  ===================================================================
+
+Files are generated on first use (see :mod:`d2kit.data.synthetic`).
+"""
+
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from .synthetic import SYNTH_SPECS, ensure_synthetic, split_dir
+
+__all__ = ["register_synthetic_datasets", "MINI_SUBSET_SIZE"]
+
+MINI_SUBSET_SIZE = 8
+
+
+def _register(name: str, base: str, subset: int | None) -> None:
+    spec = SYNTH_SPECS[base]
+
+    def load():
+        json_file, image_root = ensure_synthetic(base, subset=subset)
+        return load_coco_json(json_file, image_root, name)
+
+    json_name = "annotations.json" if subset is None else f"annotations_first{subset}.json"
+    DatasetCatalog.register(name, load)
+    MetadataCatalog.get(name).set(
+        thing_classes=list(spec.classes),
+        thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(spec.classes))},
+        json_file=os.path.join(split_dir(base), json_name),
+        image_root=os.path.join(split_dir(base), "images"),
+        evaluator_type="coco",
+        synthetic_spec=spec,
+    )
+
+
+def register_synthetic_datasets() -> None:
+    """Register every synthetic split (idempotent)."""
+    for base in SYNTH_SPECS:
+        names = {base: None}
+        if base.endswith("_val"):
+            names[f"{base}_mini"] = MINI_SUBSET_SIZE
+        for name, subset in names.items():
+            if name not in DatasetCatalog.list():
+                _register(name, base, subset)

@@ -1,0 +1,121 @@
+"""The train_net skeleton every project shares (detectron2's ``tools/train_net.py`` shape).
+
+A project's ``projects/<Name>/train_net.py`` is a few lines::
+
+    import hnms
+    from d2kit.engine import train_net
+
+    def main(args):
+        return train_net.main(args, config_fns=[hnms.add_hnms_config])
+
+    if __name__ == "__main__":
+        train_net.invoke_main(main)
+
+Run on its own it trains the baseline configs (no paper keys)::
+
+    python -m d2kit.engine.train_net --config-file configs/quick_schedules/<config>.yaml
+
+Flags are detectron2's (``default_argument_parser``): ``--config-file``, ``--resume``,
+``--eval-only``, ``--num-gpus`` (on a machine without GPUs, N > 1 starts N gloo CPU workers),
+``--num-machines``, ``--machine-rank``, ``--dist-url``, then ``KEY VALUE`` config overrides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import d2kit  # noqa: F401  (registers the datasets)
+
+from ..paths import resolve_config_file
+from .trainer import Trainer
+
+__all__ = ["setup", "main", "invoke_main", "RESULTS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+#: File under OUTPUT_DIR where ``main`` writes the final evaluation results (main process).
+RESULTS_FILE = "final_results.json"
+
+
+def setup(args, config_fns: Iterable[Callable] = ()):
+    """Build the frozen config: defaults, each project's keys, the YAML, then ``args.opts``.
+
+    A config that asks for CUDA on a machine without a GPU runs on the CPU (with a warning).
+    """
+    cfg = get_cfg()
+    for add_config in config_fns:
+        add_config(cfg)
+    # resolved in place: default_setup logs and copies args.config_file
+    args.config_file = resolve_config_file(args.config_file)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("MODEL.DEVICE=%s but no GPU is visible: using the CPU.", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def _to_builtin(obj):
+    if isinstance(obj, dict):
+        return {k: _to_builtin(v) for k, v in obj.items()}
+    return float(obj) if hasattr(obj, "__float__") else obj
+
+
+def main(args, config_fns: Iterable[Callable] = (), trainer_cls=Trainer):
+    """Train (or, with ``--eval-only``, evaluate) and return the evaluation results.
+
+    Returns:
+        detectron2's results dict, e.g. ``{"bbox": {"AP": ..., "AP50": ...}}`` for one test set
+        or ``{dataset_name: {...}}`` for several; ``{}`` on non-main processes.
+    """
+    cfg = setup(args, config_fns)
+    if args.eval_only:
+        model = trainer_cls.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = trainer_cls.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+    else:
+        trainer = trainer_cls(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+    if comm.is_main_process() and results:
+        with open(os.path.join(cfg.OUTPUT_DIR, RESULTS_FILE), "w") as f:
+            json.dump(_to_builtin(results), f, indent=2)
+    return results
+
+
+def invoke_main(main_fn: Callable, argv: list[str] | None = None) -> None:
+    """Parse detectron2's standard flags and ``launch`` ``main_fn`` on every worker."""
+    args = default_argument_parser().parse_args(argv)
+    logger.info("Command line arguments: %s", args)
+    launch(
+        main_fn,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+def _baseline_main(args):
+    return main(args)
+
+
+if __name__ == "__main__":
+    invoke_main(_baseline_main)  # pragma: no cover
