@@ -1,0 +1,36 @@
+"""Config keys of Noisy Anchors, under ``MODEL.NOISY_ANCHORS``."""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_noisy_anchors_config"]
+
+
+def add_noisy_anchors_config(cfg: CN) -> None:
+    """Add the Noisy Anchors keys to ``cfg`` in place (read by ``NoisyAnchorsRetinaNet`` and
+    ``NoisyAnchorsRPN``; plain RetinaNet / RPN ignore them)."""
+    _C = cfg
+    _C.MODEL.NOISY_ANCHORS = CN()
+    # N: candidate positives A_pos per ground truth, the top-N anchors by IoU before refinement
+    # (Alg. 1 lines 2-6). Table 4(b): N = 30 and N = 40 tie at 37.7 AP; 30 is also what the
+    # authors' released configs use. No IoU thresholds: every other anchor is negative.
+    _C.MODEL.NOISY_ANCHORS.TOPN = 30
+    # alpha: weight of loc_a against cls_c in the cleanliness c (Eq. 3) and in r (Eq. 4).
+    # Table 4(c): 0.75 is best.
+    _C.MODEL.NOISY_ANCHORS.ALPHA = 0.75
+    # gamma: exponent of the re-weighting factor r (Eq. 4); Table 4(a) and the paper use 1.
+    # gamma = 0 makes every r equal to 1.
+    _C.MODEL.NOISY_ANCHORS.GAMMA = 1.0
+    # epsilon (not in the paper): f(x) = 1/(1-x) of Eq. 4 is evaluated at min(x, 1 - epsilon),
+    # so r stays finite when loc_a or cls_c reaches 1 (then f <= 1/epsilon).
+    _C.MODEL.NOISY_ANCHORS.EPS = 1e-3
+    # "paper": c of Eq. 3 as the soft label and r of Eq. 4 normalised to mean 1 over the
+    # positives of the batch. "released": the authors' released code (per-image mean-normalised
+    # terms, soft labels rescaled to [mean(loc_a), 1], loss-sum-preserving re-weighting); see
+    # projects/NoisyAnchors/README.md. Use it with MODEL.RETINANET.FOCAL_LOSS_ALPHA 0.5 as shipped.
+    _C.MODEL.NOISY_ANCHORS.VARIANT = "paper"
+    # SL of Table 3: use the cleanliness c as the classification target of the positives (Eq. 5);
+    # False: hard target 1.
+    _C.MODEL.NOISY_ANCHORS.SOFT_LABELS = True
+    # SR of Table 3: weight the positives' classification and regression losses by r
+    # (Eqs. 5-6); False: weight 1.
+    _C.MODEL.NOISY_ANCHORS.REWEIGHTING = True
