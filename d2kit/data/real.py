@@ -84,8 +84,12 @@ def load_crowdhuman_odgt(odgt_file: str, image_root: str) -> list[dict]:
                     if w <= 0 or h <= 0:
                         continue
                     annotations.append(
-                        dict(bbox=[x, y, x + w, y + h], bbox_mode=BoxMode.XYXY_ABS,
-                             category_id=0, iscrowd=int(ignore))  # fmt: skip
+                        dict(
+                            bbox=[x, y, x + w, y + h],
+                            bbox_mode=BoxMode.XYXY_ABS,
+                            category_id=0,
+                            iscrowd=int(ignore),
+                        )  # fmt: skip
                     )
             except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                 raise ValueError(
@@ -120,8 +124,13 @@ def load_sku110k_csv(csv_file: str, image_root: str) -> list[dict]:
                 ) from e
             record = by_image.setdefault(
                 name,
-                dict(file_name=os.path.join(image_root, name), image_id=name, height=height,
-                     width=width, annotations=[]),  # fmt: skip
+                dict(
+                    file_name=os.path.join(image_root, name),
+                    image_id=name,
+                    height=height,
+                    width=width,
+                    annotations=[],
+                ),  # fmt: skip
             )
             if x2 > x1 and y2 > y1:
                 record["annotations"].append(

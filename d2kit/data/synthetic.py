@@ -34,7 +34,7 @@ __all__ = ["SynthSpec", "SYNTH_SPECS", "generate_image", "ensure_synthetic"]
 logger = logging.getLogger(__name__)
 
 #: Bump when the rendering changes, so that stale caches are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 SHAPE_CLASSES = ("circle", "square", "triangle")
 CROWD_CLASSES = ("rect", "ellipse")
@@ -148,7 +148,10 @@ def generate_image(spec: SynthSpec, index: int) -> tuple[np.ndarray, list[dict]]
             break
         cls = int(rng.integers(len(spec.classes)))
         obj_size = rng.uniform(spec.min_size, spec.max_size)
-        angle = rng.uniform(0, 2 * math.pi) if spec.kind == "shapes" else rng.choice([0, math.pi / 2])
+        if spec.kind == "shapes":
+            angle = rng.uniform(0, 2 * math.pi)
+        else:  # crowd objects stay axis-aligned (cars, shelf items), in either orientation
+            angle = rng.choice([0, math.pi / 2])
         cx, cy = rng.uniform(obj_size / 2 + 1, size - obj_size / 2 - 1, size=2)
         poly = _polygon(spec.classes[cls], cx, cy, obj_size, angle)
         poly = np.clip(poly, 0, size - 1)
@@ -162,7 +165,8 @@ def generate_image(spec: SynthSpec, index: int) -> tuple[np.ndarray, list[dict]]
                 continue
         elif (_box_iou(box, boxes) > spec.max_overlap).any():
             continue
-        colour = _contrasting_colour(rng, image[int(box[1]) : int(box[3]), int(box[0]) : int(box[2])])
+        x0, y0, x1, y1 = (int(v) for v in box)
+        colour = _contrasting_colour(rng, image[y0 : y1 + 1, x0 : x1 + 1])
         cv2.fillPoly(image, [np.round(poly * 16).astype(np.int32)], colour, cv2.LINE_AA, shift=4)
         area = 0.5 * abs(
             np.dot(poly[:, 0], np.roll(poly[:, 1], 1)) - np.dot(poly[:, 1], np.roll(poly[:, 0], 1))

@@ -1,0 +1,136 @@
+import json
+import os
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+from PIL import Image
+
+from d2kit.data import (
+    load_carpk,
+    load_crowdhuman_odgt,
+    load_sku110k_csv,
+    register_carpk,
+    register_crowdhuman,
+    register_sku110k,
+)
+
+
+def _image(path, width, height, fmt):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(path, fmt)
+
+
+@pytest.fixture
+def crowdhuman(tmp_path):
+    root = tmp_path / "CrowdHuman"
+    _image(str(root / "Images" / "273271,c9db000d5146c15.jpg"), 64, 48, "JPEG")
+    record = {
+        "ID": "273271,c9db000d5146c15",
+        "gtboxes": [
+            {"tag": "person", "vbox": [1, 2, 10, 20], "fbox": [0, 0, 12, 30], "extra": {}},
+            {"tag": "person", "vbox": [5, 5, 8, 8], "extra": {"ignore": 1}},
+            {"tag": "mask", "vbox": [30, 10, 20, 20], "extra": {"ignore": 1}},
+            {"tag": "person", "vbox": [3, 3, 0, 5], "extra": {}},  # zero width: dropped
+        ],
+    }
+    (root / "annotation_val.odgt").write_text(json.dumps(record) + "\n\n")
+    return root
+
+
+def test_crowdhuman_visible_boxes_and_ignore_regions(crowdhuman):
+    (d,) = load_crowdhuman_odgt(str(crowdhuman / "annotation_val.odgt"), str(crowdhuman / "Images"))
+    assert (d["height"], d["width"]) == (48, 64)
+    boxes = [a["bbox"] for a in d["annotations"]]
+    assert boxes == [[1, 2, 11, 22], [5, 5, 13, 13], [30, 10, 50, 30]]  # vbox, xywh -> xyxy
+    assert [a["iscrowd"] for a in d["annotations"]] == [0, 1, 1]
+    assert all(a["bbox_mode"] == BoxMode.XYXY_ABS for a in d["annotations"])
+
+
+def test_crowdhuman_register(crowdhuman):
+    (name,) = register_crowdhuman(str(crowdhuman), splits=("val",))
+    assert name == "crowdhuman_val" and len(DatasetCatalog.get(name)) == 1
+    assert MetadataCatalog.get(name).thing_classes == ["person"]
+
+
+def test_crowdhuman_bad_files(tmp_path, crowdhuman):
+    with pytest.raises(FileNotFoundError, match="annotation_train.odgt"):
+        load_crowdhuman_odgt(str(tmp_path / "annotation_train.odgt"), str(tmp_path))
+    bad = tmp_path / "bad.odgt"
+    bad.write_text('{"ID": "x", "gtboxes": [{"tag": "person"}]}\n')
+    with pytest.raises(ValueError, match=r"bad.odgt:1: malformed CrowdHuman record.*vbox"):
+        load_crowdhuman_odgt(str(bad), str(tmp_path))
+    bad.write_text("not json\n")
+    with pytest.raises(ValueError, match="expected one JSON object per line"):
+        load_crowdhuman_odgt(str(bad), str(tmp_path))
+    missing_image = tmp_path / "noimg.odgt"
+    missing_image.write_text('{"ID": "nope", "gtboxes": []}\n')
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        load_crowdhuman_odgt(str(missing_image), str(crowdhuman / "Images"))
+
+
+@pytest.fixture
+def sku(tmp_path):
+    root = tmp_path / "SKU110K"
+    (root / "annotations").mkdir(parents=True)
+    rows = [
+        "test_0.jpg,10,20,30,40,object,100,80",
+        "test_0.jpg,50,20,70,60,object,100,80",
+        "test_1.jpg,1,1,5,5,object,32,32",
+        "test_1.jpg,8,8,8,12,object,32,32",  # zero width: dropped
+    ]
+    (root / "annotations" / "annotations_test.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_sku110k_rows_grouped_by_image(sku):
+    dicts = load_sku110k_csv(str(sku / "annotations" / "annotations_test.csv"), str(sku / "images"))
+    assert [d["image_id"] for d in dicts] == ["test_0.jpg", "test_1.jpg"]
+    assert (dicts[0]["height"], dicts[0]["width"]) == (80, 100)
+    assert [a["bbox"] for a in dicts[0]["annotations"]] == [[10, 20, 30, 40], [50, 20, 70, 60]]
+    assert len(dicts[1]["annotations"]) == 1
+    (name,) = register_sku110k(str(sku), splits=("test",))
+    assert len(DatasetCatalog.get(name)) == 2
+
+
+def test_sku110k_bad_files(tmp_path, sku):
+    with pytest.raises(FileNotFoundError, match="annotations_val.csv"):
+        load_sku110k_csv(str(sku / "annotations" / "annotations_val.csv"), "")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a.jpg,1,2,3\n")
+    with pytest.raises(ValueError, match=r"bad.csv:1: malformed SKU-110K row.*image_name,x1"):
+        load_sku110k_csv(str(bad), "")
+    bad.write_text("a.jpg,1,2,x,4,object,10,10\n")
+    with pytest.raises(ValueError, match="bad.csv:1"):
+        load_sku110k_csv(str(bad), "")
+
+
+@pytest.fixture
+def carpk(tmp_path):
+    root = tmp_path / "CARPK"
+    (root / "ImageSets").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    (root / "ImageSets" / "test.txt").write_text("20160331_NTU_00001\n")
+    (root / "Annotations" / "20160331_NTU_00001.txt").write_text("1 2 11 12 1\n20 20 40 30 1\n")
+    _image(str(root / "Images" / "20160331_NTU_00001.png"), 72, 40, "PNG")
+    return root
+
+
+def test_carpk(carpk):
+    (d,) = load_carpk(str(carpk), "test")
+    assert (d["height"], d["width"]) == (40, 72)
+    assert [a["bbox"] for a in d["annotations"]] == [[1, 2, 11, 12], [20, 20, 40, 30]]
+    (name,) = register_carpk(str(carpk), splits=("test",))
+    assert name == "carpk_test" and MetadataCatalog.get(name).thing_classes == ["car"]
+
+
+def test_carpk_bad_files(carpk):
+    with pytest.raises(FileNotFoundError, match=r"split 'train'.*train.txt"):
+        load_carpk(str(carpk), "train")
+    (carpk / "Annotations" / "20160331_NTU_00001.txt").write_text("1 2 11\n")
+    with pytest.raises(ValueError, match=r"20160331_NTU_00001.txt:1: malformed CARPK box"):
+        load_carpk(str(carpk), "test")
+    (carpk / "ImageSets" / "test.txt").write_text("missing_id\n")
+    with pytest.raises(FileNotFoundError, match="missing_id.txt"):
+        load_carpk(str(carpk), "test")
