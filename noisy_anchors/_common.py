@@ -19,7 +19,8 @@ def check_noisy_args(alpha: float, gamma: float, variant: str, eps: float) -> No
         raise ValueError(f"reweight_gamma (MODEL.NOISY_ANCHORS.GAMMA) must be >= 0, got {gamma!r}")
     if variant not in VARIANTS:
         raise ValueError(
-            f"noisy_variant (MODEL.NOISY_ANCHORS.VARIANT) must be one of {VARIANTS}, got {variant!r}"
+            "noisy_variant (MODEL.NOISY_ANCHORS.VARIANT) must be one of "
+            f"{VARIANTS}, got {variant!r}"
         )
     if not 0.0 < eps < 1.0:
         raise ValueError(f"reweight_eps (MODEL.NOISY_ANCHORS.EPS) must be in (0, 1), got {eps!r}")

@@ -73,7 +73,7 @@ def test_localization_accuracy_by_hand():
 
 
 def _dense_case(requires_grad=True):
-    """One image, 4 anchors, K = 2: anchors 0 and 1 positive (classes 1, 0), 2 negative, 3 ignored."""
+    """One image, 4 anchors, K = 2: anchors 0, 1 positive (classes 1, 0), 2 negative, 3 ignored."""
     anchors = T(
         [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 40.0], [0, 0, 5, 5], [50, 50, 60, 60.0]]
     )
