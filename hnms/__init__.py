@@ -1,0 +1,38 @@
+"""Hashing-based NMS (HNMS, Wang et al., arXiv 2005.11426) for Detectron2.
+
+The op (:func:`iou_hash`, :func:`hnms`, :func:`batched_hnms`, :func:`iou_lower_bound`) needs only
+torch; it uses the compiled kernels ``hnms._C`` when built, the pure-torch reference otherwise.
+With Detectron2 installed, importing this package also registers ``HashRPN`` (proposal
+generator), ``HashPrefilterRetinaNet`` (meta-architecture) and ``HashPrefilterROIHeads``.
+"""
+
+import importlib.util
+
+from .bound import alpha_for_iou, iou_lower_bound
+from .ops import INVALID_CODE, batched_hnms, hnms, iou_hash
+from .prefilter import nms_with_hash_prefilter
+
+__all__ = [
+    "INVALID_CODE",
+    "alpha_for_iou",
+    "batched_hnms",
+    "hnms",
+    "iou_hash",
+    "iou_lower_bound",
+    "nms_with_hash_prefilter",
+]
+
+if importlib.util.find_spec("detectron2") is not None:
+    from .config import add_hnms_config
+    from .retinanet import HashPrefilterRetinaNet
+    from .roi_heads import HashPrefilterFastRCNNOutputLayers, HashPrefilterROIHeads
+    from .rpn import HashRPN, find_top_hash_proposals
+
+    __all__ += [
+        "add_hnms_config",
+        "HashPrefilterRetinaNet",
+        "HashPrefilterFastRCNNOutputLayers",
+        "HashPrefilterROIHeads",
+        "HashRPN",
+        "find_top_hash_proposals",
+    ]

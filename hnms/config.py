@@ -1,0 +1,41 @@
+"""Config keys of HNMS (cfg.MODEL.HNMS), each named after the paper's symbol."""
+
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_hnms_config"]
+
+
+def add_hnms_config(cfg):
+    """Add cfg.MODEL.HNMS (in place). Used by HashRPN, HashPrefilterRetinaNet and
+    HashPrefilterROIHeads. α is NOT an IoU threshold: two boxes in one cell have IoU >=
+    hnms.iou_lower_bound(α) (α = 0.7 -> 0.452, α = 0.73 -> 0.5015)."""
+    cfg.MODEL.HNMS = CN()
+    # W0, H0 of Eqs. (1), (9): centre of the 0-th width / height cell (paper: 1, 1)
+    cfg.MODEL.HNMS.W0 = 1.0
+    cfg.MODEL.HNMS.H0 = 1.0
+    # b_x, b_y of Eqs. (5)-(7): shift of the offset cells, in cell units (paper: 0, 0);
+    # the k-th of K hash functions adds k/K to them and scales W0, H0 by α^(-k/K), Eq. (16)
+    cfg.MODEL.HNMS.BX = 0.0
+    cfg.MODEL.HNMS.BY = 0.0
+
+    # HashRPN: HNMS replaces the RPN's per-level NMS (§4.2). P1 is MODEL.RPN.PRE_NMS_TOPK_*
+    # (boxes per feature map entering HNMS), P3 is MODEL.RPN.POST_NMS_TOPK_* (per image).
+    cfg.MODEL.HNMS.RPN = CN()
+    # α of Eq. (1) for the RPN (§4.2: α = 0.7, the same value as the NMS threshold it replaces)
+    cfg.MODEL.HNMS.RPN.ALPHA = 0.7
+    # K of Eq. (16) / Alg. 3: number of cascaded hash functions (Table 1: K = 1 is fastest)
+    cfg.MODEL.HNMS.RPN.NUM_HASHES = 1
+    # P2 of §4.2: at most this many proposals kept per feature map after HNMS (0: no cap)
+    cfg.MODEL.HNMS.RPN.POST_HNMS_TOPK_PER_LEVEL_TRAIN = 0
+    cfg.MODEL.HNMS.RPN.POST_HNMS_TOPK_PER_LEVEL_TEST = 0
+
+    # Pre-filter before NMS (§4.3): per-class HNMS, then the usual NMS on the survivors. Used by
+    # the one-stage HashPrefilterRetinaNet and, when ROI_HEADS_PREFILTER, HashPrefilterROIHeads.
+    cfg.MODEL.HNMS.PREFILTER = CN()
+    # α of the pre-filter (§4.3: 0.73, whose cell IoU bound 0.5015 is just above NMS@0.5)
+    cfg.MODEL.HNMS.PREFILTER.ALPHA = 0.73
+    # K of Eq. (16) for the pre-filter (Table 2: K = 1..4)
+    cfg.MODEL.HNMS.PREFILTER.NUM_HASHES = 1
+    # HashPrefilterROIHeads: pre-filter before the ROI heads' per-class NMS as well (the paper
+    # leaves the ROI heads' NMS alone, §4.2, so off by default)
+    cfg.MODEL.HNMS.ROI_HEADS_PREFILTER = False

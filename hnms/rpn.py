@@ -1,0 +1,160 @@
+"""HashRPN: an RPN whose per-level NMS is HNMS (paper §4.2)."""
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
+from detectron2.structures import Boxes, Instances
+
+from ._events import put_kept_fraction
+from .ops import batched_hnms
+
+__all__ = ["HashRPN", "find_top_hash_proposals", "topk_per_group"]
+
+
+def topk_per_group(keep: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
+    """The first ``k`` entries of every group, keeping the order of ``keep``.
+
+    Args:
+        keep: int64 [M] indices, in order of preference (e.g. by decreasing score).
+        groups: int64 [M] non-negative group id of every entry of ``keep``.
+        k: at most this many per group; ``k <= 0`` keeps everything.
+    """
+    if k <= 0 or keep.numel() == 0:
+        return keep
+    onehot = torch.nn.functional.one_hot(groups, int(groups.max()) + 1)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # rank of each entry within its group
+    return keep[rank < k]
+
+
+def find_top_hash_proposals(
+    proposals,
+    pred_objectness_logits,
+    image_sizes,
+    alpha: float,
+    num_hashes: int,
+    pre_nms_topk: int,
+    post_nms_topk: int,
+    min_box_size: float,
+    training: bool,
+    post_topk_per_level: int = 0,
+    hash_kwargs=None,
+):
+    """RPN proposal selection with HNMS in place of NMS (§4.2).
+
+    Per image: the P1 = ``pre_nms_topk`` best anchors of every level; drop non-finite boxes
+    (an error while training) and boxes smaller than ``min_box_size`` after clipping; HNMS per
+    level (α, K); at most P2 = ``post_topk_per_level`` per level; the P3 = ``post_nms_topk``
+    best overall.
+
+    Args:
+        proposals: list of L tensors [N, Hi*Wi*A, 4], decoded xyxy boxes per level.
+        pred_objectness_logits: list of L tensors [N, Hi*Wi*A].
+        image_sizes: list of N (h, w).
+        alpha, num_hashes: α and K of HNMS.
+        hash_kwargs: optional dict of w0, h0, bx, by for :func:`hnms.batched_hnms`.
+    Returns:
+        list of N Instances with ``proposal_boxes`` and ``objectness_logits``, by decreasing score.
+    """
+    hash_kwargs = hash_kwargs or {}
+    num_images = len(image_sizes)
+    device = proposals[0].device
+    batch_idx = torch.arange(num_images, device=device)[:, None]
+    top_scores, top_boxes, levels = [], [], []
+    for level, (boxes_l, logits_l) in enumerate(zip(proposals, pred_objectness_logits)):
+        k = min(pre_nms_topk, logits_l.shape[1])  # P1
+        scores_l, idx = logits_l.topk(k, dim=1)
+        top_scores.append(scores_l)
+        top_boxes.append(boxes_l[batch_idx, idx])
+        levels.append(torch.full((k,), level, dtype=torch.int64, device=device))
+    top_scores = torch.cat(top_scores, dim=1)
+    top_boxes = torch.cat(top_boxes, dim=1)
+    levels = torch.cat(levels, dim=0)
+
+    results = []
+    for n, image_size in enumerate(image_sizes):
+        boxes = Boxes(top_boxes[n])
+        scores = top_scores[n]
+        lvl = levels
+        valid = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
+        if not bool(valid.all()):
+            if training:
+                raise FloatingPointError(
+                    "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+                )
+            boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
+        boxes.clip(image_size)
+        big = boxes.nonempty(threshold=min_box_size)
+        if not bool(big.all()):
+            boxes, scores, lvl = boxes[big], scores[big], lvl[big]
+        keep = batched_hnms(boxes.tensor, scores, lvl, alpha, num_hashes, **hash_kwargs)
+        put_kept_fraction("hnms/rpn_kept_fraction", len(boxes), len(keep))
+        keep = topk_per_group(keep, lvl[keep], post_topk_per_level)  # P2
+        keep = keep[:post_nms_topk]  # P3
+        res = Instances(image_size)
+        res.proposal_boxes = boxes[keep]
+        res.objectness_logits = scores[keep]
+        results.append(res)
+    return results
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class HashRPN(RPN):
+    """RPN with HNMS instead of NMS in proposal selection (§4.2); everything else is the RPN's.
+
+    The ROI heads' NMS is unchanged (see HashPrefilterROIHeads for the optional pre-filter).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        hnms_alpha: float = 0.7,
+        hnms_num_hashes: int = 1,
+        post_topk_per_level: tuple = (0, 0),
+        hash_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """
+        Args:
+            hnms_alpha: α of Eq. (1) (0.7 in §4.2).
+            hnms_num_hashes: K of Eq. (16).
+            post_topk_per_level: P2 (train, test): proposals kept per level after HNMS (0: all).
+            hash_kwargs: w0, h0, bx, by of the first hash function.
+            kwargs: the arguments of detectron2's RPN.
+        """
+        super().__init__(**kwargs)
+        self.hnms_alpha = float(hnms_alpha)
+        self.hnms_num_hashes = int(hnms_num_hashes)
+        self.post_topk_per_level = {True: post_topk_per_level[0], False: post_topk_per_level[1]}
+        self.hash_kwargs = dict(hash_kwargs or {})
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        h = cfg.MODEL.HNMS
+        ret["hnms_alpha"] = h.RPN.ALPHA
+        ret["hnms_num_hashes"] = h.RPN.NUM_HASHES
+        ret["post_topk_per_level"] = (
+            h.RPN.POST_HNMS_TOPK_PER_LEVEL_TRAIN,
+            h.RPN.POST_HNMS_TOPK_PER_LEVEL_TEST,
+        )
+        ret["hash_kwargs"] = {"w0": h.W0, "h0": h.H0, "bx": h.BX, "by": h.BY}
+        return ret
+
+    def predict_proposals(self, anchors, pred_objectness_logits, pred_anchor_deltas, image_sizes):
+        """As RPN.predict_proposals, with HNMS (find_top_hash_proposals) for the NMS step."""
+        with torch.no_grad():
+            pred_proposals = self._decode_proposals(anchors, pred_anchor_deltas)
+            return find_top_hash_proposals(
+                pred_proposals,
+                pred_objectness_logits,
+                image_sizes,
+                self.hnms_alpha,
+                self.hnms_num_hashes,
+                self.pre_nms_topk[self.training],
+                self.post_nms_topk[self.training],
+                self.min_box_size,
+                self.training,
+                post_topk_per_level=self.post_topk_per_level[self.training],
+                hash_kwargs=self.hash_kwargs,
+            )
