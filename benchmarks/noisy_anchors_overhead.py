@@ -1,0 +1,157 @@
+"""Training-iteration cost of Noisy Anchors against the detectron2 baselines, in one run.
+
+For RetinaNet (``NoisyAnchorsRetinaNet`` vs ``RetinaNet``) and Faster R-CNN (``NoisyAnchorsRPN`` vs
+``RPN``) on the quick synthetic configs: both models start from the same weights and see the same
+batches; their training iterations (forward, backward, SGD step) are interleaved, alternating
+which goes first, so machine load affects both alike. Prints the median iteration time, the
+time spent in anchor labelling + losses, and the overhead ratio; writes
+``benchmarks/results/noisy_anchors_overhead.png``.
+
+    python benchmarks/noisy_anchors_overhead.py [--iters 20] [--warmup 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import time
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+import d2kit  # noqa: F401  (registers the synthetic datasets)
+import noisy_anchors
+from d2kit.paths import REPO_ROOT
+
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+
+PAIRS = {
+    "RetinaNet": (
+        "configs/quick_schedules/retinanet_R_18_FPN_quick_synth_shapes.yaml",
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
+    ),
+    "Faster R-CNN (RPN)": (
+        "configs/quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml",
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_faster_rcnn_R_18_FPN_quick_synth_shapes.yaml",
+    ),
+}
+
+
+def _cfg(path):
+    cfg = get_cfg()
+    noisy_anchors.add_noisy_anchors_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, path))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.DATALOADER.NUM_WORKERS = 0
+    return cfg
+
+
+class _Timer:
+    """Wraps a bound method and accumulates its wall time."""
+
+    def __init__(self, fn):
+        self.fn, self.total = fn, 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.total += time.perf_counter() - start
+
+
+def _instrument(model):
+    """Time the hooks Noisy Anchors changes: anchor labelling and the losses."""
+    owner = model.proposal_generator if hasattr(model, "proposal_generator") else model
+    label_name = "label_and_sample_anchors" if owner is not model else "label_anchors"
+    timers = [_Timer(getattr(owner, label_name)), _Timer(owner.losses)]
+    setattr(owner, label_name, timers[0])
+    owner.losses = timers[1]
+    return timers
+
+
+def bench_pair(base_cfg_path, noisy_cfg_path, iters, warmup):
+    base_cfg, noisy_cfg = _cfg(base_cfg_path), _cfg(noisy_cfg_path)
+    torch.manual_seed(0)
+    models = {"baseline": build_model(base_cfg), "noisy": build_model(noisy_cfg)}
+    models["noisy"].load_state_dict(models["baseline"].state_dict())
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in models.items()}
+    timers = {k: _instrument(m) for k, m in models.items()}
+    loader = iter(build_detection_train_loader(base_cfg))
+    batches = [next(loader) for _ in range(warmup + iters)]
+    times = {k: [] for k in models}
+    hook_time = {k: 0.0 for k in models}
+    with EventStorage():
+        for step, batch in enumerate(batches):
+            order = ["baseline", "noisy"] if step % 2 == 0 else ["noisy", "baseline"]
+            for name in order:
+                model, opt = models[name], opts[name]
+                model.train()
+                before = sum(t.total for t in timers[name])
+                start = time.perf_counter()
+                losses = model(batch)
+                sum(losses.values()).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                if step >= warmup:
+                    times[name].append(time.perf_counter() - start)
+                    hook_time[name] += sum(t.total for t in timers[name]) - before
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "median_iter_s": med,
+        "hook_ms": {k: 1000 * v / iters for k, v in hook_time.items()},
+        "overhead": med["noisy"] / med["baseline"] - 1.0,
+        "times": times,
+        "ims_per_batch": base_cfg.SOLVER.IMS_PER_BATCH,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    results = {name: bench_pair(*paths, args.iters, args.warmup) for name, paths in PAIRS.items()}
+
+    print(
+        f"\nTraining iteration on CPU ({torch.get_num_threads()} threads), quick configs, "
+        f"{args.iters} timed iterations each, interleaved"
+    )
+    print(
+        f"{'detector':20s} {'batch':>5s} {'baseline s/it':>13s} {'noisy s/it':>10s} "
+        f"{'overhead':>8s} {'label+loss ms base':>18s} {'label+loss ms noisy':>19s}"
+    )
+    for name, r in results.items():
+        m, h = r["median_iter_s"], r["hook_ms"]
+        print(
+            f"{name:20s} {r['ims_per_batch']:5d} {m['baseline']:13.3f} {m['noisy']:10.3f} "
+            f"{100 * r['overhead']:7.1f}% {h['baseline']:18.1f} {h['noisy']:19.1f}"
+        )
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        for label, series in r["times"].items():
+            ax.plot(list(itertools.count(1))[: len(series)], series, marker=".", label=label)
+        ax.set_title(f"{name}: overhead {100 * r['overhead']:+.1f}% (median)", fontsize=9)
+        ax.set_xlabel("timed iteration")
+        ax.set_ylabel("s / iteration")
+        ax.legend()
+    fig.tight_layout()
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, "noisy_anchors_overhead.png")
+    fig.savefig(path, dpi=120)
+    print(f"\nplot: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Noisy Anchors vs the detectron2 baselines on the quick synthetic configs (paper Tables 1, 5-7).
+
+Two phases (run both by default):
+
+``train``: trains, one after another with the same seed and schedule, the runs in ``RUNS`` through
+``projects/NoisyAnchors/train_net.py`` into ``output/noisy_anchors_bench/<run>/`` (a run whose
+``model_final.pth`` exists is skipped).
+
+``analyze``: loads each run's final weights and measures on ``synth_shapes_val``:
+
+- COCO box AP / AP50 / AP75 (``COCOEvaluator``);
+- Table 7: over the whole split, the top 2% most confident detections before and after NMS,
+  their mean confidence, their mean IoU with the best-matching ground truth of the predicted
+  class, and the Pearson correlation of confidence and IoU (before NMS). "Before NMS" is the
+  same model with ``test_nms_thresh = 1.0`` (batched NMS then removes nothing) and no
+  per-image cap, so the detector's own inference code is used for both;
+- Table 5 (Faster R-CNN runs): average recall of the RPN proposals at 100 / 300 / 1000 (IoU
+  0.5:0.95, one-to-one greedy matching per image, as COCO's proposal AR).
+
+Prints the tables, writes ``benchmarks/results/noisy_anchors_quality.json`` and the plot
+``benchmarks/results/noisy_anchors_conf_vs_iou.png``.
+
+    python benchmarks/noisy_anchors_quality.py            # train (if needed) and analyze
+    python benchmarks/noisy_anchors_quality.py analyze    # analyze existing runs
+    python benchmarks/noisy_anchors_quality.py train --runs retinanet_baseline \
+        --opts SOLVER.MAX_ITER 150 "SOLVER.STEPS" "(120,140)"   # config overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, build_detection_test_loader
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.modeling import build_model
+from detectron2.structures import Boxes, pairwise_iou
+
+import d2kit  # noqa: F401  (registers the synthetic datasets)
+import noisy_anchors
+from d2kit.paths import REPO_ROOT
+
+OUT_ROOT = os.path.join(REPO_ROOT, "output", "noisy_anchors_bench")
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+TRAIN_NET = os.path.join(REPO_ROOT, "projects", "NoisyAnchors", "train_net.py")
+VAL = "synth_shapes_val"
+
+#: run name -> config file (relative to the repository root)
+RUNS = {
+    "retinanet_baseline": "configs/quick_schedules/retinanet_R_18_FPN_quick_synth_shapes.yaml",
+    "retinanet_noisy_anchors": (
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml"
+    ),
+    "faster_rcnn_baseline": "configs/quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml",
+    "faster_rcnn_noisy_anchors_rpn": (
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_faster_rcnn_R_18_FPN_quick_synth_shapes.yaml"
+    ),
+    "retinanet_noisy_anchors_released": (
+        "configs/NoisyAnchors/quick_schedules/"
+        "noisy_anchors_released_retinanet_R_18_FPN_quick_synth_shapes.yaml"
+    ),
+}
+
+
+def train(runs: list[str], extra_opts: list[str]) -> None:
+    for name in runs:
+        out = os.path.join(OUT_ROOT, name)
+        if os.path.isfile(os.path.join(out, "model_final.pth")):
+            print(f"[train] {name}: model_final.pth exists, skipped")
+            continue
+        cmd = [sys.executable, TRAIN_NET, "--config-file", RUNS[name], "OUTPUT_DIR", out]
+        cmd += ["TEST.EVAL_PERIOD", "0", *extra_opts]
+        print("[train]", " ".join(cmd), flush=True)
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+        print(f"[train] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def _load(name: str):
+    cfg = get_cfg()
+    noisy_anchors.add_noisy_anchors_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, RUNS[name]))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.DATASETS.TEST = (VAL,)
+    cfg.DATALOADER.NUM_WORKERS = 0
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(os.path.join(OUT_ROOT, name, "model_final.pth"))
+    return cfg, model
+
+
+def _no_nms(model):
+    """The same detector with NMS and the per-image cap switched off (for "before NMS")."""
+    raw = copy.deepcopy(model)
+    if hasattr(raw, "test_nms_thresh"):  # RetinaNet
+        raw.test_nms_thresh = 1.0
+        raw.max_detections_per_image = 10**6
+    else:  # R-CNN box predictor
+        predictor = raw.roi_heads.box_predictor
+        predictor.test_nms_thresh = 1.0
+        predictor.test_topk_per_image = 10**6
+    return raw
+
+
+@torch.no_grad()
+def _detections(model, loader, gts):
+    """(score, IoU with the best ground truth of the predicted class) of every detection."""
+    scores, ious = [], []
+    for inputs in loader:
+        for inp, out in zip(inputs, model(inputs)):
+            inst = out["instances"].to("cpu")
+            gt = gts[inp["image_id"]]
+            iou = torch.zeros(len(inst))
+            if len(inst) and len(gt["boxes"]):
+                m = pairwise_iou(inst.pred_boxes, gt["boxes"])  # (D, G)
+                same = inst.pred_classes[:, None] == gt["classes"][None, :]
+                iou = torch.where(same, m, torch.zeros_like(m)).max(dim=1).values
+            scores.append(inst.scores)
+            ious.append(iou)
+    return torch.cat(scores).numpy(), torch.cat(ious).numpy()
+
+
+def top_fraction_stats(scores: np.ndarray, ious: np.ndarray, fraction: float = 0.02) -> dict:
+    """Mean confidence, mean IoU and Pearson r of the top ``fraction`` most confident detections."""
+    k = max(1, int(round(fraction * len(scores))))
+    top = np.argsort(-scores, kind="stable")[:k]
+    s, i = scores[top], ious[top]
+    pearson = float(np.corrcoef(s, i)[0, 1]) if k > 1 and s.std() > 0 and i.std() > 0 else 0.0
+    return {
+        "num": int(k),
+        "mean_conf": float(s.mean()),
+        "mean_iou": float(i.mean()),
+        "pearson": pearson,
+        "scores": s,
+        "ious": i,
+    }
+
+
+def _ground_truth():
+    gts = {}
+    for d in DatasetCatalog.get(VAL):
+        boxes = [a["bbox"] for a in d["annotations"]]
+        boxes = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # XYWH_ABS -> XYXY
+        gts[d["image_id"]] = {
+            "boxes": Boxes(boxes),
+            "classes": torch.tensor([a["category_id"] for a in d["annotations"]]),
+        }
+    return gts
+
+
+def _greedy_recall(ious: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
+    """Per threshold, how many ground truths (columns) a one-to-one greedy match covers."""
+    covered = []
+    ious = ious.clone()
+    for _ in range(min(ious.shape)):
+        best_per_gt, _ = ious.max(dim=0)
+        j = int(best_per_gt.argmax())
+        i = int(ious[:, j].argmax())
+        covered.append(float(ious[i, j]))
+        ious[i, :] = -1
+        ious[:, j] = -1
+    covered = np.array(covered + [0.0] * (ious.shape[1] - len(covered)))
+    return np.array([(covered >= t).sum() for t in thresholds])
+
+
+@torch.no_grad()
+def proposal_recall(model, loader, gts, limits=(100, 300, 1000)) -> dict:
+    """Table 5: average recall (IoU 0.5:0.95) of the RPN proposals at each limit."""
+    thresholds = np.arange(0.5, 0.951, 0.05)
+    hits = {k: np.zeros(len(thresholds)) for k in limits}
+    num_gt = 0
+    rpn = model.proposal_generator
+    saved = rpn.post_nms_topk[False]
+    rpn.post_nms_topk[False] = max(limits)
+    try:
+        for inputs in loader:
+            images = model.preprocess_image(inputs)
+            features = model.backbone(images.tensor)
+            proposals, _ = rpn(images, features, None)
+            for inp, props in zip(inputs, proposals):
+                # proposals are in the network's input resolution: rescale to the original image
+                h, w = inp["height"], inp["width"]
+                sy, sx = h / props.image_size[0], w / props.image_size[1]
+                boxes = props.proposal_boxes.tensor.clone()
+                boxes[:, 0::2] *= sx
+                boxes[:, 1::2] *= sy
+                gt = gts[inp["image_id"]]["boxes"]
+                num_gt += len(gt)
+                if not len(gt):
+                    continue
+                for k in limits:  # proposals are sorted by objectness
+                    hits[k] += _greedy_recall(pairwise_iou(Boxes(boxes[:k]), gt), thresholds)
+    finally:
+        rpn.post_nms_topk[False] = saved
+    return {f"AR{k}": float(100 * hits[k].mean() / max(num_gt, 1)) for k in limits}
+
+
+def analyze(runs: list[str]) -> dict:
+    gts = _ground_truth()
+    results = {}
+    for name in runs:
+        if not os.path.isfile(os.path.join(OUT_ROOT, name, "model_final.pth")):
+            print(f"[analyze] {name}: no model_final.pth, skipped")
+            continue
+        cfg, model = _load(name)
+        loader = build_detection_test_loader(cfg, VAL)
+        evaluator = COCOEvaluator(VAL, output_dir=os.path.join(OUT_ROOT, name, "eval"))
+        bbox = inference_on_dataset(model, loader, evaluator)["bbox"]
+        after = top_fraction_stats(*_detections(model, loader, gts))
+        before = top_fraction_stats(*_detections(_no_nms(model), loader, gts))
+        res = {
+            "AP": bbox["AP"],
+            "AP50": bbox["AP50"],
+            "AP75": bbox["AP75"],
+            "before_nms": before,
+            "after_nms": after,
+        }
+        if hasattr(model, "proposal_generator"):
+            res.update(proposal_recall(model, loader, gts))
+        results[name] = res
+    return results
+
+
+def _report(results: dict) -> None:
+    print("\nCOCO box AP on synth_shapes_val (quick schedule, same seed and schedule)")
+    print(f"{'run':36s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}")
+    for name, r in results.items():
+        print(f"{name:36s} {r['AP']:6.2f} {r['AP50']:6.2f} {r['AP75']:6.2f}")
+    print("\nTable 7: top-2% most confident detections (mean confidence / mean IoU), Pearson r")
+    print(f"{'run':36s} {'#top':>5s} {'conf-pre':>8s} {'IoU-pre':>8s} {'conf-post':>9s} "
+          f"{'IoU-post':>8s} {'pearson':>8s}")  # fmt: skip
+    for name, r in results.items():
+        b, a = r["before_nms"], r["after_nms"]
+        print(
+            f"{name:36s} {b['num']:5d} {b['mean_conf']:8.3f} {b['mean_iou']:8.3f} "
+            f"{a['mean_conf']:9.3f} {a['mean_iou']:8.3f} {b['pearson']:8.3f}"
+        )
+    rpn = {k: v for k, v in results.items() if "AR100" in v}
+    if rpn:
+        print("\nTable 5: RPN proposal average recall (IoU 0.5:0.95)")
+        print(f"{'run':36s} {'AR100':>6s} {'AR300':>6s} {'AR1000':>6s}")
+        for name, r in rpn.items():
+            print(f"{name:36s} {r['AR100']:6.1f} {r['AR300']:6.1f} {r['AR1000']:6.1f}")
+
+
+def _plot(results: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in results if n.startswith("retinanet")]
+    if not names:
+        return
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        b = results[name]["before_nms"]
+        ax.scatter(b["scores"], b["ious"], s=4, alpha=0.5)
+        ax.set_title(f"{name}\nPearson r = {b['pearson']:.3f}", fontsize=9)
+        ax.set_xlabel("confidence (top 2%, before NMS)")
+        ax.set_ylabel("IoU with ground truth")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"\nplot: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("phase", nargs="?", choices=["all", "train", "analyze"], default="all")
+    parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument(
+        "--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for training"
+    )
+    args = parser.parse_args()
+    if args.phase in ("all", "train"):
+        train(args.runs, args.opts)
+    if args.phase in ("all", "analyze"):
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+        results = analyze(args.runs)
+        _report(results)
+        os.makedirs(RESULTS_DIR, exist_ok=True)
+        _plot(results, os.path.join(RESULTS_DIR, "noisy_anchors_conf_vs_iou.png"))
+        slim = {
+            n: {
+                k: ({kk: vv for kk, vv in v.items() if kk not in ("scores", "ious")})
+                if isinstance(v, dict)
+                else v
+                for k, v in r.items()
+            }
+            for n, r in results.items()
+        }
+        with open(os.path.join(RESULTS_DIR, "noisy_anchors_quality.json"), "w") as f:
+            json.dump(slim, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
