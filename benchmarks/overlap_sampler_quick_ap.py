@@ -17,7 +17,7 @@ import time
 from detectron2.engine import default_argument_parser
 
 import overlap_sampler
-from d2kit.engine import train_net
+from d2kit.engine import Trainer, train_net
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -35,6 +35,14 @@ RUNS = {
 }
 
 
+class _Trainer(Trainer):
+    """Trainer whose ``train`` returns the evaluation run after the last iteration."""
+
+    def train(self):
+        results = super().train()
+        return results if results is not None else getattr(self, "_last_eval_results", None)
+
+
 def _slug(name: str) -> str:
     return name.split(" ")[0].replace("-", "_").lower()
 
@@ -47,6 +55,9 @@ def main() -> None:
         "--only", nargs="*", default=None, help="slugs: random overlap iou_balanced"
     )
     parser.add_argument("--opts", nargs="*", default=[], help="extra KEY VALUE config overrides")
+    parser.add_argument(
+        "--reuse", action="store_true", help="evaluate an existing model_final.pth, no training"
+    )
     args = parser.parse_args()
 
     table = {}
@@ -62,14 +73,21 @@ def main() -> None:
         if args.max_iter is not None:
             opts += ["SOLVER.MAX_ITER", str(args.max_iter)]
         opts += args.opts
-        run_args = default_argument_parser().parse_args(["--config-file", config, *opts])
+        weights = os.path.join(RUNS_DIR, _slug(name), "model_final.pth")
+        reuse = args.reuse and os.path.isfile(weights)
+        argv = ["--config-file", config]
+        argv += ["--eval-only", *opts, "MODEL.WEIGHTS", weights] if reuse else opts
+        run_args = default_argument_parser().parse_args(argv)
         start = time.perf_counter()
-        res = train_net.main(run_args, config_fns=[overlap_sampler.add_overlap_sampler_config])
+        res = train_net.main(
+            run_args, config_fns=[overlap_sampler.add_overlap_sampler_config], trainer_cls=_Trainer
+        )
         table[name] = {
             "config": config,
             "opts": opts,
             "bbox": {k: float(v) for k, v in res["bbox"].items()},
             "wall_s": time.perf_counter() - start,
+            "trained_here": not reuse,
         }
         os.makedirs(RESULTS, exist_ok=True)
         with open(out_json, "w") as f:

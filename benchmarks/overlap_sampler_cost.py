@@ -1,0 +1,128 @@
+"""Training-iteration cost of OverlapSamplerROIHeads against StandardROIHeads, in one run.
+
+    python benchmarks/overlap_sampler_cost.py [--iters 20] [--warmup 3]
+
+Both models are built from the quick configs (R-18-FPN, synth_shapes, CPU) with the same seed and
+trained on the same pre-loaded batches, alternating one iteration each so that machine load hits
+both alike. Prints the median time of a full training iteration (forward, backward, SGD step) and
+of ``label_and_sample_proposals`` alone, and their ratios; writes
+``benchmarks/results/overlap_sampler_cost.json``.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+from detectron2.config import get_cfg
+from detectron2.data import build_detection_train_loader
+from detectron2.modeling import build_model
+from detectron2.solver import build_optimizer
+from detectron2.utils.events import EventStorage
+
+import d2kit  # noqa: F401  (registers the datasets)
+import overlap_sampler
+from d2kit.paths import resolve_config_file
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+CONFIGS = {
+    "StandardROIHeads": "quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml",
+    "OverlapSamplerROIHeads": (
+        "OverlapSampler/quick_schedules/faster_rcnn_R_18_FPN_quick_overlap_sampler_synth_shapes.yaml"
+    ),
+}
+
+
+def _cfg(path):
+    cfg = get_cfg()
+    overlap_sampler.add_overlap_sampler_config(cfg)
+    cfg.merge_from_file(resolve_config_file(path))
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+class _TimedSampling:
+    """Wraps ``roi_heads.label_and_sample_proposals`` to record its wall time."""
+
+    def __init__(self, heads):
+        self.fn = heads.label_and_sample_proposals
+        self.times = []
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.times.append(time.perf_counter() - start)
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+
+    cfgs = {name: _cfg(path) for name, path in CONFIGS.items()}
+    loader = iter(build_detection_train_loader(cfgs["StandardROIHeads"]))
+    batches = [next(loader) for _ in range(args.warmup + args.iters)]
+
+    models, optims, timers, iter_times = {}, {}, {}, {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(args.seed)
+        models[name] = build_model(cfg).train()
+        optims[name] = build_optimizer(cfg, models[name])
+        timers[name] = _TimedSampling(models[name].roi_heads)
+        models[name].roi_heads.label_and_sample_proposals = timers[name]
+        iter_times[name] = []
+
+    with EventStorage():
+        for i, batch in enumerate(batches):
+            for name, model in models.items():
+                start = time.perf_counter()
+                losses = model(batch)
+                optims[name].zero_grad()
+                sum(losses.values()).backward()
+                optims[name].step()
+                if i >= args.warmup:
+                    iter_times[name].append(time.perf_counter() - start)
+    result = {}
+    for name in models:
+        sampling = timers[name].times[args.warmup :]
+        result[name] = {
+            "iter_s_median": statistics.median(iter_times[name]),
+            "sampling_s_median": statistics.median(sampling),
+        }
+    base, ours = result["StandardROIHeads"], result["OverlapSamplerROIHeads"]
+    result["ratio_iter"] = ours["iter_s_median"] / base["iter_s_median"]
+    result["ratio_sampling"] = ours["sampling_s_median"] / base["sampling_s_median"]
+    result["sampling_overhead_share_of_iter"] = (
+        ours["sampling_s_median"] - base["sampling_s_median"]
+    ) / base["iter_s_median"]
+    result["setup"] = {
+        "iters": args.iters,
+        "ims_per_batch": cfgs["StandardROIHeads"].SOLVER.IMS_PER_BATCH,
+        "roi_batch_per_image": cfgs["StandardROIHeads"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+        "post_nms_topk_train": cfgs["StandardROIHeads"].MODEL.RPN.POST_NMS_TOPK_TRAIN,
+        "threads": torch.get_num_threads(),
+    }
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, "overlap_sampler_cost.json"), "w") as f:
+        json.dump(result, f, indent=2)
+
+    print(f"\n{'ROI heads':26s} {'iteration (s)':>14s} {'label+sample (ms)':>18s}")
+    for name in models:
+        r = result[name]
+        print(f"{name:26s} {r['iter_s_median']:14.3f} {1000 * r['sampling_s_median']:18.1f}")
+    print(f"iteration time ratio (ours / standard): {result['ratio_iter']:.3f}")
+    print(f"label+sample time ratio: {result['ratio_sampling']:.2f}")
+    print(
+        "extra sampling time as a share of a standard iteration: "
+        f"{100 * result['sampling_overhead_share_of_iter']:.2f}%"
+    )
+
+
+if __name__ == "__main__":
+    main()
