@@ -1,9 +1,8 @@
 """Noisy Anchors training script: detectron2's train_net skeleton (d2kit.engine.train_net) with
-the Noisy Anchors config keys.
+the Noisy Anchors config keys. Usage (flags are detectron2's)::
 
-    python projects/NoisyAnchors/train_net.py \
-        --config-file configs/NoisyAnchors/noisy_anchors_retinanet_R_50_FPN_1x_coco.yaml \
-        --num-gpus 4
+    python projects/NoisyAnchors/train_net.py --num-gpus 4 --config-file
+        configs/NoisyAnchors/noisy_anchors_retinanet_R_50_FPN_1x_coco.yaml
 """
 
 import noisy_anchors

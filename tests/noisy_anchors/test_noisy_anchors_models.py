@@ -246,3 +246,29 @@ def test_every_noisy_anchors_config_merges():
             assert cfg.MODEL.META_ARCHITECTURE == "NoisyAnchorsRetinaNet" or (
                 cfg.MODEL.PROPOSAL_GENERATOR.NAME == "NoisyAnchorsRPN"
             ), path
+
+
+class _MarkedProposalsRPN(RPN):
+    """Stands for another method's RPN that changes proposal selection (e.g. its NMS)."""
+
+    calls = 0
+
+    def predict_proposals(self, *args, **kwargs):
+        _MarkedProposalsRPN.calls += 1
+        return super().predict_proposals(*args, **kwargs)
+
+
+class _CombinedRPN(NoisyAnchorsRPN, _MarkedProposalsRPN):
+    """Noisy-Anchors training of an RPN whose proposal selection another subclass owns."""
+
+
+def test_rpn_composes_with_another_rpn_subclass():
+    shape, feats, images = _rpn_inputs()
+    torch.manual_seed(0)
+    rpn = _CombinedRPN(_rpn_cfg(TOPN=4), shape)
+    assert isinstance(rpn.anchor_matcher, TopNMatcher)
+    _MarkedProposalsRPN.calls = 0
+    _, losses, scalars = _rpn_step(rpn, feats, images, [_instances(2), _instances(1)])
+    assert _MarkedProposalsRPN.calls == 1  # the other subclass's hook ran
+    assert "noisy_anchors/rpn/mean_cleanliness" in scalars  # and the Noisy Anchors losses
+    assert all(torch.isfinite(v) for v in losses.values())
