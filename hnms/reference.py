@@ -30,6 +30,7 @@ def hash_params(alpha: float, w0: float, h0: float, bx: float, by: float, k: int
     w0k, h0k = w0 * scale, h0 * scale
     return {
         "log_alpha": math.log(alpha),
+        "inv_log_alpha": 1.0 / math.log(alpha),
         "w0": w0k,
         "h0": h0k,
         "log_w0": math.log(w0k),
@@ -48,13 +49,14 @@ def _round_code(v: torch.Tensor):
     return torch.where(ok, r, torch.zeros_like(r)), ok
 
 
-def _hash_dim(size, center, log_s0, s0, b, log_alpha, ratio):
+def _hash_dim(size, center, log_s0, s0, b, log_alpha, inv_log_alpha, ratio):
+    # divisions as multiplications by 1 / log α and 1 / δ_i, exactly as the kernels do
     ok = (size > 0) & torch.isfinite(size) & torch.isfinite(center)
     size = torch.where(ok, size, torch.ones_like(size))
-    i, ok_i = _round_code((log_s0 - torch.log(size)) / log_alpha)  # Eq. (2)/(3)
+    i, ok_i = _round_code((log_s0 - torch.log(size)) * inv_log_alpha)  # Eq. (2)/(3)
     s_i = s0 * torch.exp(-i * log_alpha)  # Eq. (1)/(9): W_i = W0 / α^i
-    delta = s_i * ratio  # Eq. (4)/(8): δ_i = W_i (1 - α) / (1 + α)
-    m, ok_m = _round_code(center / delta - b)  # Eq. (6)/(7): m = round(x / δ_i - b_x)
+    inv_delta = 1.0 / (s_i * ratio)  # Eq. (4)/(8): δ_i = W_i (1 - α) / (1 + α)
+    m, ok_m = _round_code(center * inv_delta - b)  # Eq. (6)/(7): m = round(x / δ_i - b_x)
     return i, m, ok & ok_i & ok_m
 
 
@@ -69,8 +71,9 @@ def iou_hash_reference(boxes: torch.Tensor, params: dict):
     w, h = x2 - x1, y2 - y1
     cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
     p = params
-    i, m, ok_w = _hash_dim(w, cx, p["log_w0"], p["w0"], p["bx"], p["log_alpha"], p["ratio"])
-    j, n, ok_h = _hash_dim(h, cy, p["log_h0"], p["h0"], p["by"], p["log_alpha"], p["ratio"])
+    la, ila, r = p["log_alpha"], p["inv_log_alpha"], p["ratio"]
+    i, m, ok_w = _hash_dim(w, cx, p["log_w0"], p["w0"], p["bx"], la, ila, r)
+    j, n, ok_h = _hash_dim(h, cy, p["log_h0"], p["h0"], p["by"], la, ila, r)
     ok = ok_w & ok_h
     codes = torch.stack([i, j, m, n], dim=1).to(torch.int64)
     codes[~ok] = INVALID_CODE

@@ -34,8 +34,8 @@ inline bool better(uint64_t key_a, int64_t idx_a, uint64_t key_b, int64_t idx_b)
   return key_a > key_b || (key_a == key_b && idx_a < idx_b);
 }
 
-// δ_i of Eqs. (4)/(8) memoised per i (direct-mapped): boxes of one image have few distinct sizes,
-// so this removes the exp() from almost every box. Computed by cell_delta(), hence bit-identical.
+// 1 / δ_i of Eqs. (4)/(8) memoised per i (direct-mapped): boxes of one image have few distinct
+// sizes, so this removes exp() from almost every box. Computed by cell_inv_delta(): same bits.
 class DeltaCache {
  public:
   DeltaCache(double s0, double log_alpha, double ratio)
@@ -49,7 +49,7 @@ class DeltaCache {
     Entry& e = entries_[static_cast<uint64_t>(i) & (kSize - 1)];
     if (e.i != i) {
       e.i = i;
-      e.delta = cell_delta(i, s0_, log_alpha_, ratio_);
+      e.delta = cell_inv_delta(i, s0_, log_alpha_, ratio_);
     }
     return e.delta;
   }
@@ -78,8 +78,8 @@ inline bool iou_hash_box_cached(
   const double h = y2 - y1;
   const double cx = (x1 + x2) * 0.5;
   const double cy = (y1 + y2) * 0.5;
-  return size_index(w, cx, p.log_w0, p.log_alpha, &code[0]) &&
-      size_index(h, cy, p.log_h0, p.log_alpha, &code[1]) &&
+  return size_index(w, cx, p.log_w0, p.inv_log_alpha, &code[0]) &&
+      size_index(h, cy, p.log_h0, p.inv_log_alpha, &code[1]) &&
       offset_index(cx, wcache.get(code[0]), p.bx, &code[2]) &&
       offset_index(cy, hcache.get(code[1]), p.by, &code[3]);
 }
@@ -127,6 +127,9 @@ void radix_sort_by_key_desc(std::vector<Candidate>& a) {
 
 // One pass of Alg. 2 over the boxes `list[0..count)` (or 0..count when list is null). Appends the
 // survivors to `out`: the best box of every cell, and every box that cannot be hashed.
+// Boxes are processed in batches: hash a batch and prefetch its table slots, then prefetch the
+// cells those slots point to, then update the cells in order. The prefetches hide the cache
+// misses of the random table/cell accesses; the updates are the plain sequential Alg. 2.
 template <typename box_t, typename score_t>
 void hash_pass(
     const box_t* boxes,
@@ -145,44 +148,70 @@ void hash_pass(
   const size_t mask = capacity - 1;
   table.assign(capacity, -1);
   cells.clear();
-  cells.reserve(static_cast<size_t>(count));
+  cells.reserve(static_cast<size_t>(count));  // no reallocation: prefetched addresses stay valid
   DeltaCache wcache(p.w0, p.log_alpha, p.ratio);
   DeltaCache hcache(p.h0, p.log_alpha, p.ratio);
 
-  for (int64_t t = 0; t < count; ++t) {
-    const int64_t idx = list ? list[t] : t;
-    const double s = to_double(scores[idx]);
-    if (score_is_nan(s)) {
-      continue;  // a NaN-scored box is never kept and suppresses nothing
-    }
-    const box_t* b = boxes + 4 * idx;
+  constexpr int kBatch = 16;
+  struct Pending {
+    int64_t idx;
     int64_t code[4];
-    if (!iou_hash_box_cached(
-            to_double(b[0]), to_double(b[1]), to_double(b[2]), to_double(b[3]), p, wcache, hcache,
-            code)) {
-      out.push_back(idx);  // unhashable: its own cell (kept, suppresses nothing)
-      continue;
+    int64_t group;
+    uint64_t key;
+    size_t slot;
+  };
+  Pending batch[kBatch];
+  for (int64_t t0 = 0; t0 < count; t0 += kBatch) {
+    const int64_t t1 = std::min<int64_t>(count, t0 + kBatch);
+    int nb = 0;
+    for (int64_t t = t0; t < t1; ++t) {  // 1. hash, prefetch the table slot
+      const int64_t idx = list ? list[t] : t;
+      const double s = to_double(scores[idx]);
+      if (score_is_nan(s)) {
+        continue;  // a NaN-scored box is never kept and suppresses nothing
+      }
+      const box_t* b = boxes + 4 * idx;
+      Pending& q = batch[nb];
+      if (!iou_hash_box_cached(
+              to_double(b[0]), to_double(b[1]), to_double(b[2]), to_double(b[3]), p, wcache,
+              hcache, q.code)) {
+        out.push_back(idx);  // unhashable: its own cell (kept, suppresses nothing)
+        continue;
+      }
+      q.idx = idx;
+      q.group = groups ? groups[idx] : 0;
+      q.key = score_key(s);
+      q.slot = static_cast<size_t>(hash_code(q.code, q.group)) & mask;
+      __builtin_prefetch(&table[q.slot]);
+      ++nb;
     }
-    const int64_t group = groups ? groups[idx] : 0;
-    const uint64_t key = score_key(s);
-    size_t slot = static_cast<size_t>(hash_code(code, group)) & mask;
-    while (true) {
-      const int32_t c = table[slot];
-      if (c < 0) {
-        table[slot] = static_cast<int32_t>(cells.size());
-        cells.push_back(Cell{{code[0], code[1], code[2], code[3]}, group, key, idx});
-        break;
+    for (int k = 0; k < nb; ++k) {  // 2. prefetch the cell the slot points to (a hint only)
+      const int32_t c = table[batch[k].slot];
+      if (c >= 0) {
+        __builtin_prefetch(&cells.data()[c]);
       }
-      Cell& cell = cells[c];
-      if (cell.code[0] == code[0] && cell.code[1] == code[1] && cell.code[2] == code[2] &&
-          cell.code[3] == code[3] && cell.group == group) {
-        if (better(key, idx, cell.best_key, cell.best)) {
-          cell.best_key = key;
-          cell.best = idx;
+    }
+    for (int k = 0; k < nb; ++k) {  // 3. Alg. 2: keep the best box of the cell
+      const Pending& q = batch[k];
+      size_t slot = q.slot;
+      while (true) {
+        const int32_t c = table[slot];
+        if (c < 0) {
+          table[slot] = static_cast<int32_t>(cells.size());
+          cells.push_back(Cell{{q.code[0], q.code[1], q.code[2], q.code[3]}, q.group, q.key, q.idx});
+          break;
         }
-        break;
+        Cell& cell = cells[c];
+        if (cell.code[0] == q.code[0] && cell.code[1] == q.code[1] &&
+            cell.code[2] == q.code[2] && cell.code[3] == q.code[3] && cell.group == q.group) {
+          if (better(q.key, q.idx, cell.best_key, cell.best)) {
+            cell.best_key = q.key;
+            cell.best = q.idx;
+          }
+          break;
+        }
+        slot = (slot + 1) & mask;
       }
-      slot = (slot + 1) & mask;
     }
   }
   for (const Cell& cell : cells) {

@@ -26,6 +26,7 @@ constexpr double kMaxCode = 4611686018427387904.0;  // 2^62
 // Parameters of one IoUHash function (Alg. 1). Logarithms are computed once per call on the host.
 struct HashParams {
   double log_alpha;  // log(α), α in (0, 1)
+  double inv_log_alpha;  // 1 / log(α)
   double log_w0;  // log(W0)
   double log_h0;  // log(H0)
   double w0;
@@ -54,6 +55,7 @@ inline HashParams make_hash_params(
   p.bx = bx + frac;
   p.by = by + frac;
   p.log_alpha = std::log(alpha);
+  p.inv_log_alpha = 1.0 / p.log_alpha;
   p.log_w0 = std::log(p.w0);
   p.log_h0 = std::log(p.h0);
   p.ratio = (1.0 - alpha) / (1.0 + alpha);
@@ -80,21 +82,28 @@ HNMS_HD bool round_code(double v, int64_t* out) {
 //   Eq. (1)/(9):  W_i = W0 / α^i = W0 * exp(-i log α)
 //   Eq. (4)/(8):  δ_i = W_i (1 - α) / (1 + α)
 //   Eq. (6)/(7):  m = round(x / δ_i - b_x)
-// Split in three steps so that the CPU kernel can cache δ_i per i (same arithmetic, same bits).
-HNMS_HD bool size_index(double size, double center, double log_s0, double log_alpha, int64_t* i) {
+// The divisions are multiplications by the reciprocals 1 / log α and 1 / δ_i (the reference
+// does the same). Split in three steps so that the CPU kernel can cache 1 / δ_i per i.
+HNMS_HD bool size_index(
+    double size,
+    double center,
+    double log_s0,
+    double inv_log_alpha,
+    int64_t* i) {
   if (!(size > 0.0) || !hnms_isfinite(size) || !hnms_isfinite(center)) {
     return false;
   }
-  return round_code((log_s0 - log(size)) / log_alpha, i);  // Eq. (2)/(3)
+  return round_code((log_s0 - log(size)) * inv_log_alpha, i);  // Eq. (2)/(3)
 }
 
-HNMS_HD double cell_delta(int64_t i, double s0, double log_alpha, double ratio) {
+// 1 / δ_i
+HNMS_HD double cell_inv_delta(int64_t i, double s0, double log_alpha, double ratio) {
   const double s_i = s0 * exp(-static_cast<double>(i) * log_alpha);  // Eq. (1)/(9)
-  return s_i * ratio;  // Eq. (4)/(8)
+  return 1.0 / (s_i * ratio);  // Eq. (4)/(8)
 }
 
-HNMS_HD bool offset_index(double center, double delta, double b, int64_t* m) {
-  return round_code(center / delta - b, m);  // Eq. (6)/(7)
+HNMS_HD bool offset_index(double center, double inv_delta, double b, int64_t* m) {
+  return round_code(center * inv_delta - b, m);  // Eq. (6)/(7)
 }
 
 HNMS_HD bool hash_dim(
@@ -104,13 +113,14 @@ HNMS_HD bool hash_dim(
     double s0,
     double b,
     double log_alpha,
+    double inv_log_alpha,
     double ratio,
     int64_t* size_code,
     int64_t* offset_code) {
   int64_t i;
   int64_t m;
-  if (!size_index(size, center, log_s0, log_alpha, &i) ||
-      !offset_index(center, cell_delta(i, s0, log_alpha, ratio), b, &m)) {
+  if (!size_index(size, center, log_s0, inv_log_alpha, &i) ||
+      !offset_index(center, cell_inv_delta(i, s0, log_alpha, ratio), b, &m)) {
     return false;
   }
   *size_code = i;
@@ -131,8 +141,12 @@ HNMS_HD bool iou_hash_box(
   const double h = y2 - y1;
   const double cx = (x1 + x2) * 0.5;
   const double cy = (y1 + y2) * 0.5;
-  if (hash_dim(w, cx, p.log_w0, p.w0, p.bx, p.log_alpha, p.ratio, &code[0], &code[2]) &&
-      hash_dim(h, cy, p.log_h0, p.h0, p.by, p.log_alpha, p.ratio, &code[1], &code[3])) {
+  if (hash_dim(
+          w, cx, p.log_w0, p.w0, p.bx, p.log_alpha, p.inv_log_alpha, p.ratio, &code[0],
+          &code[2]) &&
+      hash_dim(
+          h, cy, p.log_h0, p.h0, p.by, p.log_alpha, p.inv_log_alpha, p.ratio, &code[1],
+          &code[3])) {
     return true;
   }
   code[0] = code[1] = code[2] = code[3] = kInvalidCode;
