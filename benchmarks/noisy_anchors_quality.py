@@ -11,9 +11,9 @@ Two phases (run both by default):
 - COCO box AP / AP50 / AP75 (``COCOEvaluator``);
 - Table 7: over the whole split, the top 2% most confident detections before and after NMS,
   their mean confidence, their mean IoU with the best-matching ground truth of the predicted
-  class, and the Pearson correlation of confidence and IoU (before NMS). "Before NMS" is the
-  same model with ``test_nms_thresh = 1.0`` (batched NMS then removes nothing) and no
-  per-image cap, so the detector's own inference code is used for both;
+  class, and the Pearson correlation of confidence and IoU (before NMS). "Before NMS" are the
+  inputs of the detector's own ``batched_nms`` call (recorded in the same inference pass, i.e.
+  after the score threshold and per-level top-k), "after NMS" its outputs;
 - Table 5 (Faster R-CNN runs): average recall of the RPN proposals at 100 / 300 / 1000 (IoU
   0.5:0.95, one-to-one greedy matching per image, as COCO's proposal AR).
 
@@ -22,14 +22,14 @@ Prints the tables, writes ``benchmarks/results/noisy_anchors_quality.json`` and 
 
     python benchmarks/noisy_anchors_quality.py            # train (if needed) and analyze
     python benchmarks/noisy_anchors_quality.py analyze    # analyze existing runs
-    python benchmarks/noisy_anchors_quality.py train --runs retinanet_baseline \
-        --opts SOLVER.MAX_ITER 150 "SOLVER.STEPS" "(120,140)"   # config overrides
+    # the README's numbers (batch 4 with BASE_LR scaled, 150 iterations; see the README):
+    python benchmarks/noisy_anchors_quality.py --batch 4
+        --opts SOLVER.MAX_ITER 150 SOLVER.STEPS "(120,140)" SOLVER.WARMUP_ITERS 50
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -41,8 +41,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch import retinanet as retinanet_module
+from detectron2.modeling.roi_heads import fast_rcnn as fast_rcnn_module
 from detectron2.structures import Boxes, pairwise_iou
 
 import d2kit  # noqa: F401  (registers the synthetic datasets)
@@ -71,14 +73,22 @@ RUNS = {
 }
 
 
-def train(runs: list[str], extra_opts: list[str]) -> None:
+def train(runs: list[str], extra_opts: list[str], batch: int | None = None) -> None:
+    """Train each run; ``batch`` overrides IMS_PER_BATCH and scales BASE_LR linearly."""
     for name in runs:
         out = os.path.join(OUT_ROOT, name)
         if os.path.isfile(os.path.join(out, "model_final.pth")):
             print(f"[train] {name}: model_final.pth exists, skipped")
             continue
         cmd = [sys.executable, TRAIN_NET, "--config-file", RUNS[name], "OUTPUT_DIR", out]
-        cmd += ["TEST.EVAL_PERIOD", "0", *extra_opts]
+        cmd += ["TEST.EVAL_PERIOD", "0"]
+        if batch:
+            cfg = get_cfg()
+            noisy_anchors.add_noisy_anchors_config(cfg)
+            cfg.merge_from_file(os.path.join(REPO_ROOT, RUNS[name]))
+            lr = cfg.SOLVER.BASE_LR * batch / cfg.SOLVER.IMS_PER_BATCH
+            cmd += ["SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.BASE_LR", str(lr)]
+        cmd += extra_opts
         print("[train]", " ".join(cmd), flush=True)
         start = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO_ROOT)
@@ -97,35 +107,36 @@ def _load(name: str):
     return cfg, model
 
 
-def _no_nms(model):
-    """The same detector with NMS and the per-image cap switched off (for "before NMS")."""
-    raw = copy.deepcopy(model)
-    if hasattr(raw, "test_nms_thresh"):  # RetinaNet
-        raw.test_nms_thresh = 1.0
-        raw.max_detections_per_image = 10**6
-    else:  # R-CNN box predictor
-        predictor = raw.roi_heads.box_predictor
-        predictor.test_nms_thresh = 1.0
-        predictor.test_topk_per_image = 10**6
-    return raw
+class _Recorder:
+    """Wraps a module's ``batched_nms`` to record its inputs: the detections before NMS.
+
+    RetinaNet's ``inference_single_image`` and R-CNN's ``fast_rcnn_inference_single_image`` call
+    ``batched_nms(boxes, scores, classes, thresh)`` once per image; the model's own outputs are
+    the detections after NMS, so one inference pass gives both (and the COCO AP).
+    """
+
+    def __init__(self, module):
+        self.module, self.fn, self.calls = module, module.batched_nms, []
+
+    def __enter__(self):
+        def wrapped(boxes, scores, idxs, thresh):
+            self.calls.append((boxes.detach().cpu(), scores.detach().cpu(), idxs.detach().cpu()))
+            return self.fn(boxes, scores, idxs, thresh)
+
+        self.module.batched_nms = wrapped
+        return self
+
+    def __exit__(self, *exc):
+        self.module.batched_nms = self.fn
 
 
-@torch.no_grad()
-def _detections(model, loader, gts):
-    """(score, IoU with the best ground truth of the predicted class) of every detection."""
-    scores, ious = [], []
-    for inputs in loader:
-        for inp, out in zip(inputs, model(inputs)):
-            inst = out["instances"].to("cpu")
-            gt = gts[inp["image_id"]]
-            iou = torch.zeros(len(inst))
-            if len(inst) and len(gt["boxes"]):
-                m = pairwise_iou(inst.pred_boxes, gt["boxes"])  # (D, G)
-                same = inst.pred_classes[:, None] == gt["classes"][None, :]
-                iou = torch.where(same, m, torch.zeros_like(m)).max(dim=1).values
-            scores.append(inst.scores)
-            ious.append(iou)
-    return torch.cat(scores).numpy(), torch.cat(ious).numpy()
+def _iou_with_gt(boxes, classes, gt):
+    """IoU of each detection with the best ground truth of its predicted class (0 if none)."""
+    if not len(boxes) or not len(gt["boxes"]):
+        return torch.zeros(len(boxes))
+    m = pairwise_iou(Boxes(boxes), gt["boxes"])  # (D, G)
+    same = classes[:, None] == gt["classes"][None, :]
+    return torch.where(same, m, torch.zeros_like(m)).max(dim=1).values
 
 
 def top_fraction_stats(scores: np.ndarray, ious: np.ndarray, fraction: float = 0.02) -> dict:
@@ -173,35 +184,69 @@ def _greedy_recall(ious: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def proposal_recall(model, loader, gts, limits=(100, 300, 1000)) -> dict:
-    """Table 5: average recall (IoU 0.5:0.95) of the RPN proposals at each limit."""
+def evaluate_run(model, loader, evaluator, gts, limits=(100, 300, 1000)) -> dict:
+    """One inference pass: COCO AP, Table 7 statistics and (R-CNN) Table 5 proposal recall."""
+    is_rcnn = hasattr(model, "proposal_generator")
+    nms_module = fast_rcnn_module if is_rcnn else retinanet_module
     thresholds = np.arange(0.5, 0.951, 0.05)
     hits = {k: np.zeros(len(thresholds)) for k in limits}
     num_gt = 0
-    rpn = model.proposal_generator
-    saved = rpn.post_nms_topk[False]
-    rpn.post_nms_topk[False] = max(limits)
+    proposals_seen = []
+    if is_rcnn:
+        rpn = model.proposal_generator
+        detector_topk = rpn.post_nms_topk[False]
+        rpn_forward = rpn.forward
+
+        def forward(*args, **kwargs):  # 1000 proposals for AR, the configured top-k to the heads
+            proposals, losses = rpn_forward(*args, **kwargs)
+            proposals_seen.append(proposals)
+            return [p[:detector_topk] for p in proposals], losses
+
+        rpn.post_nms_topk[False] = max(max(limits), detector_topk)
+        rpn.forward = forward
+    pre, post = ([], []), ([], [])
+    evaluator.reset()
     try:
         for inputs in loader:
-            images = model.preprocess_image(inputs)
-            features = model.backbone(images.tensor)
-            proposals, _ = rpn(images, features, None)
-            for inp, props in zip(inputs, proposals):
-                # proposals are in the network's input resolution: rescale to the original image
-                h, w = inp["height"], inp["width"]
-                sy, sx = h / props.image_size[0], w / props.image_size[1]
-                boxes = props.proposal_boxes.tensor.clone()
-                boxes[:, 0::2] *= sx
-                boxes[:, 1::2] *= sy
-                gt = gts[inp["image_id"]]["boxes"]
-                num_gt += len(gt)
-                if not len(gt):
-                    continue
-                for k in limits:  # proposals are sorted by objectness
-                    hits[k] += _greedy_recall(pairwise_iou(Boxes(boxes[:k]), gt), thresholds)
+            with _Recorder(nms_module) as rec:
+                outputs = model(inputs)
+            evaluator.process(inputs, outputs)
+            assert len(rec.calls) == len(inputs)
+            for n, (inp, out, call) in enumerate(zip(inputs, outputs, rec.calls)):
+                boxes, scores, classes = call
+                gt = gts[inp["image_id"]]
+                inst = out["instances"].to("cpu")
+                # boxes before NMS are in the network's input resolution
+                h, w = inst.image_size
+                sy, sx = inp["height"] / h, inp["width"] / w
+                boxes = boxes * torch.tensor([sx, sy, sx, sy])
+                pre[0].append(scores)
+                pre[1].append(_iou_with_gt(boxes, classes, gt))
+                post[0].append(inst.scores)
+                post[1].append(_iou_with_gt(inst.pred_boxes.tensor, inst.pred_classes, gt))
+                num_gt += len(gt["boxes"])
+                if is_rcnn and len(gt["boxes"]):
+                    props = proposals_seen[-1][n]
+                    pb = props.proposal_boxes.tensor.cpu() * torch.tensor([sx, sy, sx, sy])
+                    for k in limits:  # proposals are sorted by objectness
+                        hits[k] += _greedy_recall(
+                            pairwise_iou(Boxes(pb[:k]), gt["boxes"]), thresholds
+                        )
     finally:
-        rpn.post_nms_topk[False] = saved
-    return {f"AR{k}": float(100 * hits[k].mean() / max(num_gt, 1)) for k in limits}
+        if is_rcnn:
+            rpn.post_nms_topk[False] = detector_topk
+            del rpn.forward
+    bbox = evaluator.evaluate()["bbox"]
+    res = {
+        "AP": bbox["AP"],
+        "AP50": bbox["AP50"],
+        "AP75": bbox["AP75"],
+        "before_nms": top_fraction_stats(torch.cat(pre[0]).numpy(), torch.cat(pre[1]).numpy()),
+        "after_nms": top_fraction_stats(torch.cat(post[0]).numpy(), torch.cat(post[1]).numpy()),
+    }
+    if is_rcnn:
+        res.update({f"AR{k}": float(100 * hits[k].mean() / max(num_gt, 1)) for k in limits})
+    return res
 
 
 def analyze(runs: list[str]) -> dict:
@@ -214,19 +259,8 @@ def analyze(runs: list[str]) -> dict:
         cfg, model = _load(name)
         loader = build_detection_test_loader(cfg, VAL)
         evaluator = COCOEvaluator(VAL, output_dir=os.path.join(OUT_ROOT, name, "eval"))
-        bbox = inference_on_dataset(model, loader, evaluator)["bbox"]
-        after = top_fraction_stats(*_detections(model, loader, gts))
-        before = top_fraction_stats(*_detections(_no_nms(model), loader, gts))
-        res = {
-            "AP": bbox["AP"],
-            "AP50": bbox["AP50"],
-            "AP75": bbox["AP75"],
-            "before_nms": before,
-            "after_nms": after,
-        }
-        if hasattr(model, "proposal_generator"):
-            res.update(proposal_recall(model, loader, gts))
-        results[name] = res
+        results[name] = evaluate_run(model, loader, evaluator, gts)
+        print(f"[analyze] {name}: AP {results[name]['AP']:.2f}", flush=True)
     return results
 
 
@@ -280,11 +314,14 @@ def main() -> None:
     parser.add_argument("phase", nargs="?", choices=["all", "train", "analyze"], default="all")
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     parser.add_argument(
+        "--batch", type=int, default=None, help="IMS_PER_BATCH (BASE_LR scaled linearly)"
+    )
+    parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for training"
     )
     args = parser.parse_args()
     if args.phase in ("all", "train"):
-        train(args.runs, args.opts)
+        train(args.runs, args.opts, args.batch)
     if args.phase in ("all", "analyze"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
         results = analyze(args.runs)
