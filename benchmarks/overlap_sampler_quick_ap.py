@@ -90,6 +90,9 @@ def main() -> None:
             "trained_here": not reuse,
         }
         os.makedirs(RESULTS, exist_ok=True)
+        if os.path.exists(out_json):  # runs may go in parallel processes: merge, do not clobber
+            with open(out_json) as f:
+                table = {**json.load(f), name: table[name]}
         with open(out_json, "w") as f:
             json.dump(table, f, indent=2)
 

@@ -284,3 +284,14 @@ def test_best_positive_weights_lands_on_best_matched():
     ).shape == (0,)
     with pytest.raises(ValueError, match="epsilon"):
         best_positive_weights(gt_iou, gt_index, is_fg, 2, 0.0)
+
+
+def test_soft_shortfall_is_spread_evenly_over_the_other_bins():
+    # K = 3 bins of 50 / 2 / 50 candidates, N = 12: quotas 4 / 2 / 4, and the middle bin's
+    # shortfall of 2 goes one to each other bin: exactly 5 / 2 / 5 every time.
+    iou = torch.cat([torch.full((50,), 0.05), torch.full((2,), 0.3), torch.full((50,), 0.6)])
+    for seed in range(10):
+        idx = sample_negatives(iou, 12, "soft", num_bins=3, generator=_gen(seed))
+        per_bin = [int((idx < 50).sum()), int(((idx >= 50) & (idx < 52)).sum())]
+        per_bin.append(int((idx >= 52).sum()))
+        assert per_bin == [5, 2, 5], per_bin
