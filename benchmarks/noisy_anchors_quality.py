@@ -2,9 +2,9 @@
 
 Two phases (run both by default):
 
-``train``: trains, one after another with the same seed and schedule, the runs in ``RUNS`` through
-``projects/NoisyAnchors/train_net.py`` into ``output/noisy_anchors_bench/<run>/`` (a run whose
-``model_final.pth`` exists is skipped).
+``train``: snapshots the merged config of every run in ``RUNS`` first, then trains them one after
+another (same seed and schedule) through ``projects/NoisyAnchors/train_net.py`` into
+``output/noisy_anchors_bench/<run>/`` (a run whose ``model_final.pth`` exists is skipped).
 
 ``analyze``: loads each run's final weights and measures on ``synth_shapes_val``:
 
@@ -73,32 +73,55 @@ RUNS = {
 }
 
 
+def _merged_cfg(name: str):
+    cfg = get_cfg()
+    noisy_anchors.add_noisy_anchors_config(cfg)
+    cfg.merge_from_file(os.path.join(REPO_ROOT, RUNS[name]))
+    return cfg
+
+
+def freeze_configs(runs: list[str], batch: int | None = None) -> None:
+    """Write every run's fully merged config to ``<run>/frozen_config.yaml`` first, so that all
+    runs train with the configs as they were when the benchmark started (a later edit of a base
+    config cannot make baseline and method differ). Existing snapshots are kept."""
+    for name in runs:
+        path = os.path.join(OUT_ROOT, name, "frozen_config.yaml")
+        if os.path.isfile(path):
+            continue
+        cfg = _merged_cfg(name)
+        if batch:  # linear learning-rate scaling
+            cfg.SOLVER.BASE_LR = cfg.SOLVER.BASE_LR * batch / cfg.SOLVER.IMS_PER_BATCH
+            cfg.SOLVER.IMS_PER_BATCH = batch
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(cfg.dump())
+
+
 def train(runs: list[str], extra_opts: list[str], batch: int | None = None) -> None:
-    """Train each run; ``batch`` overrides IMS_PER_BATCH and scales BASE_LR linearly."""
+    """Train each run from its frozen config; ``batch`` overrides IMS_PER_BATCH and scales
+    BASE_LR linearly."""
+    freeze_configs(runs, batch)
     for name in runs:
         out = os.path.join(OUT_ROOT, name)
         if os.path.isfile(os.path.join(out, "model_final.pth")):
             print(f"[train] {name}: model_final.pth exists, skipped")
             continue
-        cmd = [sys.executable, TRAIN_NET, "--config-file", RUNS[name], "OUTPUT_DIR", out]
-        cmd += ["TEST.EVAL_PERIOD", "0"]
-        if batch:
-            cfg = get_cfg()
-            noisy_anchors.add_noisy_anchors_config(cfg)
-            cfg.merge_from_file(os.path.join(REPO_ROOT, RUNS[name]))
-            lr = cfg.SOLVER.BASE_LR * batch / cfg.SOLVER.IMS_PER_BATCH
-            cmd += ["SOLVER.IMS_PER_BATCH", str(batch), "SOLVER.BASE_LR", str(lr)]
-        cmd += extra_opts
+        frozen = os.path.join(out, "frozen_config.yaml")
+        cmd = [sys.executable, TRAIN_NET, "--config-file", frozen, "OUTPUT_DIR", out]
+        cmd += ["TEST.EVAL_PERIOD", "0", *extra_opts]
         print("[train]", " ".join(cmd), flush=True)
         start = time.perf_counter()
-        subprocess.run(cmd, check=True, cwd=REPO_ROOT)
+        # one intra-op thread: on a shared CPU, oversubscribed OpenMP threads are much slower
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env)
         print(f"[train] {name}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def _load(name: str):
+    """The run's model, built from the config it was trained with (``<run>/config.yaml``)."""
     cfg = get_cfg()
     noisy_anchors.add_noisy_anchors_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, RUNS[name]))
+    cfg.merge_from_file(os.path.join(OUT_ROOT, name, "config.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATASETS.TEST = (VAL,)
     cfg.DATALOADER.NUM_WORKERS = 0
