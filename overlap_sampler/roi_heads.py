@@ -140,7 +140,8 @@ class OverlapSamplerROIHeads(StandardROIHeads):
             gt_classes = targets.gt_classes[matched_idxs]
             gt_classes[matched_labels == 0] = self.num_classes
             gt_classes[matched_labels == -1] = -1
-            iou_gt = gt_iou.max(dim=0).values
+            # IoU with the matched (= best) ground truth, without a second max over gt_iou
+            iou_gt = gt_iou.gather(0, matched_idxs[None]).squeeze(0)
         else:
             gt_classes = torch.full_like(matched_idxs, self.num_classes)
             iou_gt = gt_iou.new_zeros(len(proposals))

@@ -55,13 +55,13 @@ def _check_iou(iou: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {iou.dtype}")
     if iou.numel() == 0:
         return
+    if bool(((iou >= 0) & (iou <= 1 + 1e-4)).all()):  # one check on the common path
+        return
     if not bool(torch.isfinite(iou).all()):
         raise ValueError(f"{name} contains NaN or inf values; IoUs must be finite in [0, 1]")
-    if bool((iou < 0).any()) or bool((iou > 1 + 1e-4).any()):
-        raise ValueError(
-            f"{name} must lie in [0, 1], got values in "
-            f"[{float(iou.min()):.4g}, {float(iou.max()):.4g}]"
-        )
+    raise ValueError(
+        f"{name} must lie in [0, 1], got values in [{float(iou.min()):.4g}, {float(iou.max()):.4g}]"
+    )
 
 
 def _check_args(
