@@ -91,7 +91,8 @@ inline at::Tensor hnms(
 #if defined(WITH_CUDA) || defined(WITH_HIP)
     return hnms_cuda(boxes, scores, groups, alpha, num_hashes, w0, h0, bx, by);
 #else
-    AT_ERROR("hnms: the extension was not compiled with GPU support (rebuild with FORCE_CUDA=1)");
+    TORCH_CHECK(
+        false, "hnms: the extension was not compiled with GPU support (rebuild with FORCE_CUDA=1)");
 #endif
   }
   return hnms_cpu(boxes, scores, groups, alpha, num_hashes, w0, h0, bx, by);
@@ -108,7 +109,8 @@ inline at::Tensor iou_hash(
 #if defined(WITH_CUDA) || defined(WITH_HIP)
     return iou_hash_cuda(boxes, alpha, w0, h0, bx, by);
 #else
-    AT_ERROR(
+    TORCH_CHECK(
+        false,
         "iou_hash: the extension was not compiled with GPU support (rebuild with FORCE_CUDA=1)");
 #endif
   }
