@@ -177,11 +177,14 @@ HNMS_HD uint64_t mix64(uint64_t x) {
 }
 
 HNMS_HD uint64_t hash_code(const int64_t* code, int64_t group) {
-  uint64_t h = mix64(static_cast<uint64_t>(group) + 0x9e3779b97f4a7c15ULL);
-  for (int d = 0; d < 4; ++d) {
-    h = mix64(h ^ (static_cast<uint64_t>(code[d]) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2)));
-  }
-  return h;
+  // polynomial combination with odd multipliers, then one finalising mix (bucket choice only:
+  // cells are always compared on the full code)
+  uint64_t h = static_cast<uint64_t>(group);
+  h = h * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(code[0]);
+  h = h * 0xbf58476d1ce4e5b9ULL + static_cast<uint64_t>(code[1]);
+  h = h * 0x94d049bb133111ebULL + static_cast<uint64_t>(code[2]);
+  h = h * 0xd6e8feb86659fd93ULL + static_cast<uint64_t>(code[3]);
+  return mix64(h);
 }
 
 template <typename T>
