@@ -55,6 +55,14 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def train(self):
+        """Train, then return the last evaluation's results (``{}`` if none ran).
+
+        Detectron2 returns them only when ``TEST.EXPECTED_RESULTS`` is set.
+        """
+        super().train()
+        return getattr(self, "_last_eval_results", {})
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:

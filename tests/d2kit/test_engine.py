@@ -1,7 +1,6 @@
 """Train + evaluate through the shared train_net, resume after a kill, 2-process CPU launch."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -15,7 +14,14 @@ from d2kit.paths import REPO_ROOT, resolve_config_file
 
 FASTER = "configs/quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml"
 RETINA = "configs/quick_schedules/retinanet_R_18_FPN_quick_synth_shapes.yaml"
-TINY = ["SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "('synth_shapes_val_mini',)"]
+# two iterations from scratch score below the default 0.05 threshold: keep every detection so
+# that COCOEvaluator has predictions to score
+TINY = [
+    "SOLVER.IMS_PER_BATCH", "2",
+    "DATASETS.TEST", "('synth_shapes_val_mini',)",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("config", [FASTER, RETINA])
@@ -23,8 +29,8 @@ def test_train_two_iterations_and_evaluate(run_train_net, tmp_path, config):
     results = run_train_net(None, config, "SOLVER.MAX_ITER", 2, *TINY, output_dir=tmp_path)
     bbox = results["bbox"]
     assert set(bbox) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    assert all(math.isfinite(v) or math.isnan(v) for v in bbox.values())
-    assert 0 <= bbox["AP50"] <= 100
+    for metric in ("AP", "AP50", "AP75", "APs", "APm"):
+        assert 0 <= bbox[metric] <= 100, (metric, bbox[metric])  # a number: NaN fails
     assert os.path.isfile(tmp_path / "model_final.pth")
     saved = json.load(open(tmp_path / train_net.RESULTS_FILE))
     assert saved["bbox"]["AP50"] == pytest.approx(bbox["AP50"])
@@ -39,7 +45,8 @@ def test_eval_only_reloads_the_trained_weights(run_train_net, tmp_path):
         None, FASTER, "MODEL.WEIGHTS", tmp_path / "model_final.pth", *TINY,
         eval_only=True, output_dir=tmp_path / "eval",
     )  # fmt: skip
-    assert evaluated["bbox"]["AP"] == pytest.approx(trained["bbox"]["AP"], nan_ok=True)
+    assert 0 <= trained["bbox"]["AP"] <= 100
+    assert evaluated["bbox"]["AP"] == pytest.approx(trained["bbox"]["AP"])
 
 
 class _Kill(HookBase):
