@@ -56,7 +56,7 @@ RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 TRAIN_NET = os.path.join(REPO_ROOT, "projects", "NoisyAnchors", "train_net.py")
 VAL = "synth_shapes_val"
 
-#: run name -> config file (relative to the repository root)
+#: run name -> config file (relative to the repository root), optionally with KEY VALUE overrides
 RUNS = {
     "retinanet_baseline": "configs/quick_schedules/retinanet_R_18_FPN_quick_synth_shapes.yaml",
     "retinanet_noisy_anchors": (
@@ -70,13 +70,24 @@ RUNS = {
         "configs/NoisyAnchors/quick_schedules/"
         "noisy_anchors_released_retinanet_R_18_FPN_quick_synth_shapes.yaml"
     ),
+    # Table 3 ablations: soft labels only (SL), re-weighting only (SR)
+    "retinanet_noisy_anchors_sl_only": (
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
+        ["MODEL.NOISY_ANCHORS.REWEIGHTING", "False"],
+    ),
+    "retinanet_noisy_anchors_sr_only": (
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
+        ["MODEL.NOISY_ANCHORS.SOFT_LABELS", "False"],
+    ),
 }
 
 
 def _merged_cfg(name: str):
+    path, opts = (RUNS[name], []) if isinstance(RUNS[name], str) else RUNS[name]
     cfg = get_cfg()
     noisy_anchors.add_noisy_anchors_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO_ROOT, RUNS[name]))
+    cfg.merge_from_file(os.path.join(REPO_ROOT, path))
+    cfg.merge_from_list(opts)
     return cfg
 
 
@@ -154,25 +165,36 @@ class _Recorder:
 
 
 def _iou_with_gt(boxes, classes, gt):
-    """IoU of each detection with the best ground truth of its predicted class (0 if none)."""
+    """(D, 2): IoU of each detection with the best ground truth of its predicted class (0 if
+    none), and with the best ground truth of any class."""
     if not len(boxes) or not len(gt["boxes"]):
-        return torch.zeros(len(boxes))
+        return torch.zeros(len(boxes), 2)
     m = pairwise_iou(Boxes(boxes), gt["boxes"])  # (D, G)
     same = classes[:, None] == gt["classes"][None, :]
-    return torch.where(same, m, torch.zeros_like(m)).max(dim=1).values
+    same_class = torch.where(same, m, torch.zeros_like(m)).max(dim=1).values
+    return torch.stack([same_class, m.max(dim=1).values], dim=1)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1]) if len(a) > 1 and a.std() > 0 and b.std() > 0 else 0.0
 
 
 def top_fraction_stats(scores: np.ndarray, ious: np.ndarray, fraction: float = 0.02) -> dict:
-    """Mean confidence, mean IoU and Pearson r of the top ``fraction`` most confident detections."""
+    """Mean confidence, mean IoU and Pearson r of the top ``fraction`` most confident detections.
+
+    ``ious`` is (D, 2): IoU with the best ground truth of the predicted class, and of any class
+    (``*_any``: localization quality regardless of the class decision).
+    """
     k = max(1, int(round(fraction * len(scores))))
     top = np.argsort(-scores, kind="stable")[:k]
-    s, i = scores[top], ious[top]
-    pearson = float(np.corrcoef(s, i)[0, 1]) if k > 1 and s.std() > 0 and i.std() > 0 else 0.0
+    s, i, a = scores[top], ious[top, 0], ious[top, 1]
     return {
         "num": int(k),
         "mean_conf": float(s.mean()),
         "mean_iou": float(i.mean()),
-        "pearson": pearson,
+        "pearson": _pearson(s, i),
+        "mean_iou_any": float(a.mean()),
+        "pearson_any": _pearson(s, a),
         "scores": s,
         "ious": i,
     }
@@ -292,14 +314,17 @@ def _report(results: dict) -> None:
     print(f"{'run':36s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}")
     for name, r in results.items():
         print(f"{name:36s} {r['AP']:6.2f} {r['AP50']:6.2f} {r['AP75']:6.2f}")
-    print("\nTable 7: top-2% most confident detections (mean confidence / mean IoU), Pearson r")
-    print(f"{'run':36s} {'#top':>5s} {'conf-pre':>8s} {'IoU-pre':>8s} {'conf-post':>9s} "
-          f"{'IoU-post':>8s} {'pearson':>8s}")  # fmt: skip
+    print("\nTable 7: top-2% most confident detections: mean confidence, mean IoU with the best")
+    print("ground truth of the predicted class (any class in brackets), Pearson r before NMS")
+    print(f"{'run':34s} {'#pre':>5s} {'conf-pre':>8s} {'IoU-pre':>14s} {'#post':>5s} "
+          f"{'conf-post':>9s} {'IoU-post':>14s} {'pearson':>15s}")  # fmt: skip
     for name, r in results.items():
         b, a = r["before_nms"], r["after_nms"]
         print(
-            f"{name:36s} {b['num']:5d} {b['mean_conf']:8.3f} {b['mean_iou']:8.3f} "
-            f"{a['mean_conf']:9.3f} {a['mean_iou']:8.3f} {b['pearson']:8.3f}"
+            f"{name:34s} {b['num']:5d} {b['mean_conf']:8.3f} "
+            f"{b['mean_iou']:6.3f} ({b['mean_iou_any']:.3f}) {a['num']:5d} {a['mean_conf']:9.3f} "
+            f"{a['mean_iou']:6.3f} ({a['mean_iou_any']:.3f}) "
+            f"{b['pearson']:6.3f} ({b['pearson_any']:.3f})"
         )
     rpn = {k: v for k, v in results.items() if "AR100" in v}
     if rpn:
