@@ -5,7 +5,8 @@ For RetinaNet (``NoisyAnchorsRetinaNet`` vs ``RetinaNet``) and Faster R-CNN (``N
 batches; their training iterations (forward, backward, SGD step) are interleaved, alternating
 which goes first, so machine load affects both alike. Prints the median iteration time, the
 time spent in anchor labelling + losses, and the overhead ratio; writes
-``benchmarks/results/noisy_anchors_overhead.png``.
+``benchmarks/results/noisy_anchors_overhead.{png,json}``. Run it with ``OMP_NUM_THREADS=1`` on a
+shared CPU.
 
     python benchmarks/noisy_anchors_overhead.py [--iters 20] [--warmup 3]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import statistics
 import time
@@ -151,6 +153,9 @@ def main() -> None:
     path = os.path.join(RESULTS_DIR, "noisy_anchors_overhead.png")
     fig.savefig(path, dpi=120)
     print(f"\nplot: {path}")
+    summary = {n: {k: v for k, v in r.items() if k != "times"} for n, r in results.items()}
+    with open(os.path.join(RESULTS_DIR, "noisy_anchors_overhead.json"), "w") as f:
+        json.dump(summary, f, indent=2)
 
 
 if __name__ == "__main__":
