@@ -2,7 +2,7 @@
 the HNMS pre-filter, with the same seed, data and schedule (synthetic data, not the paper's).
 
     python benchmarks/hnms_e2e.py [--iters 300] [--only rcnn retina] [--reuse]
-    python benchmarks/hnms_e2e.py --quick          # 20 iterations, 8 validation images
+    python benchmarks/hnms_e2e.py --quick          # smoke run: 4 iterations, 8 images
 
 Faster R-CNN: the baseline and the HashRPN model are trained one after the other (same seed and
 schedule), each evaluated with its own proposal generator; the baseline weights are also
@@ -195,7 +195,11 @@ def run_retina(args, table):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=300, help="training iterations")
-    parser.add_argument("--quick", action="store_true", help="20 iterations, 8 test images")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 4 iterations, 8 test images, no HashRPN training, K=1 only",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--only", nargs="*", default=["rcnn", "retina"], help="rcnn retina")
     parser.add_argument("--retina-k", type=int, nargs="*", default=[1, 2])
@@ -210,7 +214,8 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     if args.quick:
-        args.iters, args.test_set = 20, "synth_crowd_val_mini"
+        args.iters, args.test_set = 4, "synth_crowd_val_mini"
+        args.train_hash, args.retina_k = False, [1]
     if args.threads:
         torch.set_num_threads(args.threads)
     table = {}
