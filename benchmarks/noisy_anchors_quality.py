@@ -341,7 +341,7 @@ def _plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in results if n.startswith("retinanet")]
-    if not names:
+    if len(names) < 2:  # keep an earlier plot of the RetinaNet runs
         return
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -385,7 +385,11 @@ def main() -> None:
             }
             for n, r in results.items()
         }
-        with open(os.path.join(RESULTS_DIR, "noisy_anchors_quality.json"), "w") as f:
+        path = os.path.join(RESULTS_DIR, "noisy_anchors_quality.json")
+        if os.path.isfile(path):  # keep the runs analyzed earlier, update those analyzed now
+            with open(path) as f:
+                slim = {**json.load(f), **slim}
+        with open(path, "w") as f:
             json.dump(slim, f, indent=2)
 
 
