@@ -129,7 +129,7 @@ def main() -> None:
     print(f"\nshare of sampled negatives per IoU^pn interval ({len(per_image)} images)")
     print(f"{'sampler':30s} " + " ".join(f"{x:>9s}" for x in labels) + f" {'mean':>6s}")
     for name, row in table.items():
-        cells = " ".join(f"{100 * s:8.1f}%" for s in row["share_per_interval"])
+        cells = " ".join(f"{100 * s:8.2f}%" for s in row["share_per_interval"])
         print(f"{name:30s} {cells} {row['mean_iou_pn']:6.3f}")
 
     import matplotlib
@@ -137,7 +137,7 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.8))
     width = 0.8 / len(table)
     for i, (name, row) in enumerate(table.items()):
         xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(labels))]
@@ -147,7 +147,7 @@ def main() -> None:
     ax.set_ylabel("share of sampled negatives (%)")
     ax.set_yscale("log")
     ax.set_title("Figure 4 on synth_shapes (quick R-18-FPN model)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2)
     fig.tight_layout()
     path = os.path.join(RESULTS, "overlap_sampler_fig4.png")
     fig.savefig(path, dpi=120)
