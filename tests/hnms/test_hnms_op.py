@@ -435,3 +435,10 @@ def test_loader_logs_once_when_missing(monkeypatch, caplog):
         assert _ext.load() is None
         assert _ext.load() is None
     assert sum("hnms._C is not built" in r.message for r in caplog.records) == 1
+
+
+def test_inputs_that_require_grad(backend):
+    boxes = BOXES.clone().requires_grad_()
+    scores = SCORES.clone().requires_grad_()
+    assert hnms.hnms(boxes, scores, 0.7, backend=backend).tolist() == [1, 0]
+    assert hnms.iou_hash(boxes, 0.7, backend=backend).tolist() == [[6, 6, 3, 3], [6, 6, 4, 4]]
