@@ -123,7 +123,8 @@ def main() -> None:
         }
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "overlap_sampler_fig4.json"), "w") as f:
-        json.dump({"edges": EDGES, "weights": args.weights, "samplers": table}, f, indent=2)
+        weights = os.path.relpath(args.weights, REPO_ROOT) if args.weights else ""
+        json.dump({"edges": EDGES, "weights": weights, "samplers": table}, f, indent=2)
 
     labels = [f"[{a:.1f},{b:.1f})" for a, b in zip(EDGES[:-2], EDGES[1:-1])] + ["[0.7,1]"]
     print(f"\nshare of sampled negatives per IoU^pn interval ({len(per_image)} images)")

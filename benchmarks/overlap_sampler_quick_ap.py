@@ -22,7 +22,8 @@ from d2kit.engine import Trainer, train_net
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 #: Training outputs (checkpoints; git-ignored).
-RUNS_DIR = os.path.join(os.path.dirname(HERE), "output", "overlap_sampler_quick_ap")
+REPO = os.path.dirname(HERE)
+RUNS_DIR = os.path.join(REPO, "output", "overlap_sampler_quick_ap")
 
 RUNS = {
     "random (StandardROIHeads)": "quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml",
@@ -84,7 +85,7 @@ def main() -> None:
         )
         table[name] = {
             "config": config,
-            "opts": opts,
+            "opts": [os.path.relpath(o, REPO) if o.startswith(REPO) else o for o in opts],
             "bbox": {k: float(v) for k, v in res["bbox"].items()},
             "wall_s": time.perf_counter() - start,
             "trained_here": not reuse,
