@@ -34,9 +34,12 @@ class OverlapSamplerROIHeads(StandardROIHeads):
     3. the number of positives and negatives is Detectron2's (``BATCH_SIZE_PER_IMAGE``,
        ``POSITIVE_FRACTION``); which ones is decided by the configured samplers
        (``OVERLAP_SAMPLER_REGISTRY``);
-    4. the best-matched sampled positive of each ground truth gets loss weight ε, stored in the
-       sampled proposals' ``loss_weight`` field and used by the box predictor
-       (:class:`~overlap_sampler.losses.OverlapSamplerOutputLayers`).
+    4. the best-matched sampled positive of each ground truth gets loss weight ε (§3.2), stored in
+       the sampled proposals' ``loss_weight`` field and used by the box predictor
+       (:class:`~overlap_sampler.losses.OverlapSamplerOutputLayers`). Loss scale: each image's
+       weights are rescaled to sum to its number of sampled RoIs (mean 1), and the box losses keep
+       Detectron2's normalisation by the number of RoIs, so their scale stays comparable to
+       ``StandardROIHeads`` (ε = 1 reproduces its losses exactly).
 
     ``_sample_proposals`` is not overridden: it gets no boxes, and the overlaps among examples need
     them; ``label_and_sample_proposals`` is the narrowest hook that has them.
