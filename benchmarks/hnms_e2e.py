@@ -204,7 +204,11 @@ def main():
     parser.add_argument("--only", nargs="*", default=["rcnn", "retina"], help="rcnn retina")
     parser.add_argument("--retina-k", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--test-set", default="synth_crowd_val")
-    parser.add_argument("--reuse", action="store_true", help="reuse existing model_final.pth")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse existing model_final.pth files and the rows of the existing results file",
+    )
     parser.add_argument(
         "--no-train-hash",
         dest="train_hash",
@@ -219,6 +223,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     table = {}
+    previous = os.path.join(RESULTS, f"hnms_e2e{'_quick' if args.quick else ''}.json")
+    if args.reuse and os.path.isfile(previous):  # keep the rows of runs not repeated now
+        with open(previous) as f:
+            table = json.load(f)["table"]
     if "rcnn" in args.only:
         run_rcnn(args, table)
     if "retina" in args.only:
