@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from detectron2.layers import cat
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_classification_stats
 from detectron2.structures import Instances
+from fvcore.nn import smooth_l1_loss
 
 __all__ = ["LossWeightMixin", "OverlapSamplerOutputLayers", "WEIGHT_FIELD"]
 
@@ -29,8 +30,9 @@ class LossWeightMixin:
 
     So the losses keep Detectron2's normalisation and scale: with all w_i = 1 they are exactly
     Detectron2's, and the ε weight moves loss towards the best-matched positives without changing
-    the total weight of the batch. The regression term reuses the predictor's own ``box_reg_loss``
-    (any ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE``) once per distinct weight value. Proposals
+    the total weight of the batch. The smooth-L1 regression loss (Detectron2's default) is computed
+    per RoI in one pass; other ``MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE`` values reuse the
+    predictor's own ``box_reg_loss`` once per distinct weight value. Proposals
     without the field fall back to the predictor's unweighted ``losses``. The federated loss is not
     supported with weights.
     """
@@ -63,16 +65,45 @@ class LossWeightMixin:
         loss_cls = (per_roi * weights).sum() / num
 
         fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
-        loss_box_reg = proposal_deltas.sum() * 0.0
+        if self.box_reg_loss_type == "smooth_l1":
+            loss_box_reg = (
+                self._weighted_smooth_l1(
+                    proposal_boxes, gt_boxes, proposal_deltas, gt_classes, fg, weights
+                )
+                / num
+            )
+        else:
+            loss_box_reg = self._weighted_box_reg_by_groups(
+                proposal_boxes, gt_boxes, proposal_deltas, gt_classes, fg, weights
+            )
+        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+    def _weighted_smooth_l1(self, proposal_boxes, gt_boxes, deltas, gt_classes, fg, weights):
+        """Σ_{i fg} w_i · smooth-L1(deltas_i, target_i), summed over the box coordinates."""
+        fg_inds = torch.nonzero(fg).flatten()
+        box_dim = proposal_boxes.shape[1]
+        if deltas.shape[1] == box_dim:  # class-agnostic regression
+            fg_deltas = deltas[fg_inds]
+        else:
+            fg_deltas = deltas.view(-1, self.num_classes, box_dim)[fg_inds, gt_classes[fg_inds]]
+        target = self.box2box_transform.get_deltas(proposal_boxes[fg_inds], gt_boxes[fg_inds])
+        per_roi = smooth_l1_loss(fg_deltas, target, self.smooth_l1_beta, reduction="none")
+        return (per_roi.sum(dim=1) * weights[fg_inds]).sum()
+
+    def _weighted_box_reg_by_groups(
+        self, proposal_boxes, gt_boxes, deltas, gt_classes, fg, weights
+    ):
+        """Any ``box_reg_loss`` type: the predictor's own loss once per distinct weight value."""
+        loss_box_reg = deltas.sum() * 0.0
         for w in torch.unique(weights[fg]).tolist():
             group = fg & (weights == w)
             # box_reg_loss sums over the foreground RoIs of ``group`` and divides by all RoIs.
             masked = torch.where(group, gt_classes, torch.full_like(gt_classes, self.num_classes))
             loss_box_reg = loss_box_reg + w * self.box_reg_loss(
-                proposal_boxes, gt_boxes, proposal_deltas, masked
+                proposal_boxes, gt_boxes, deltas, masked
             )
-        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
-        return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+        return loss_box_reg
 
 
 class OverlapSamplerOutputLayers(LossWeightMixin, FastRCNNOutputLayers):

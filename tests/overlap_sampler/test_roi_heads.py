@@ -221,9 +221,12 @@ def _predictor_inputs(num_rois=12, seed=0):
     return pred, x, props
 
 
-def test_weighted_losses_equal_detectron2_with_unit_weights():
+@pytest.mark.parametrize("loss_type", ["smooth_l1", "giou"])
+def test_weighted_losses_equal_detectron2_with_unit_weights(loss_type):
     pred, x, props = _predictor_inputs()
+    pred.box_reg_loss_type = loss_type
     plain = FastRCNNOutputLayers(_cfg(), ShapeSpec(channels=16))
+    plain.box_reg_loss_type = loss_type
     plain.load_state_dict(pred.state_dict())
     with EventStorage():
         ref = plain.losses(plain(x), [props])
@@ -252,6 +255,11 @@ def test_weighted_losses_apply_epsilon():
     d = deltas.view(len(props), -1, 4)[fg.nonzero().flatten(), props.gt_classes[fg]]
     per_roi = (d - target).abs().sum(dim=1)
     assert torch.allclose(got["loss_box_reg"], (per_roi * w[fg]).sum() / len(w), atol=1e-5)
+    # the per-weight-group path (other loss types) gives the same weighted sum
+    grouped = pred._weighted_box_reg_by_groups(
+        props.proposal_boxes.tensor, props.gt_boxes.tensor, deltas, props.gt_classes, fg, w
+    )
+    assert torch.allclose(grouped, got["loss_box_reg"], atol=1e-5)
     # gradients flow
     (got["loss_cls"] + got["loss_box_reg"]).backward()
     assert pred.cls_score.weight.grad is not None
