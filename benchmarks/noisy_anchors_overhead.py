@@ -14,7 +14,6 @@ shared CPU.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -143,7 +142,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
     for ax, (name, r) in zip(axes[0], results.items()):
         for label, series in r["times"].items():
-            ax.plot(list(itertools.count(1))[: len(series)], series, marker=".", label=label)
+            ax.plot(range(1, len(series) + 1), series, marker=".", label=label)
         ax.set_title(f"{name}: overhead {100 * r['overhead']:+.1f}% (median)", fontsize=9)
         ax.set_xlabel("timed iteration")
         ax.set_ylabel("s / iteration")
