@@ -11,22 +11,16 @@ from detectron2.engine import HookBase, default_argument_parser
 
 from d2kit.engine import Trainer, ddp_device_ids, train_net
 from d2kit.paths import REPO_ROOT, resolve_config_file
+from d2kit.testing import smoke_opts
 
 FASTER = "configs/quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml"
 RETINA = "configs/quick_schedules/retinanet_R_18_FPN_quick_synth_shapes.yaml"
-# two iterations from scratch score below the default 0.05 threshold: keep every detection so
-# that COCOEvaluator has predictions to score
-TINY = [
-    "SOLVER.IMS_PER_BATCH", "2",
-    "DATASETS.TEST", "('synth_shapes_val_mini',)",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-]  # fmt: skip
+TINY = list(smoke_opts("synth_shapes_val_mini"))
 
 
 @pytest.mark.parametrize("config", [FASTER, RETINA])
 def test_train_two_iterations_and_evaluate(run_train_net, tmp_path, config):
-    results = run_train_net(None, config, "SOLVER.MAX_ITER", 2, *TINY, output_dir=tmp_path)
+    results = run_train_net(None, config, *TINY, output_dir=tmp_path)
     bbox = results["bbox"]
     assert set(bbox) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     for metric in ("AP", "AP50", "AP75", "APs", "APm"):
@@ -40,7 +34,7 @@ def test_train_two_iterations_and_evaluate(run_train_net, tmp_path, config):
 
 
 def test_eval_only_reloads_the_trained_weights(run_train_net, tmp_path):
-    trained = run_train_net(None, FASTER, "SOLVER.MAX_ITER", 2, *TINY, output_dir=tmp_path)
+    trained = run_train_net(None, FASTER, *TINY, output_dir=tmp_path)
     evaluated = run_train_net(
         None, FASTER, "MODEL.WEIGHTS", tmp_path / "model_final.pth", *TINY,
         eval_only=True, output_dir=tmp_path / "eval",
@@ -62,8 +56,9 @@ class _Kill(HookBase):
 
 def _args(output_dir, *opts, resume=False):
     argv = ["--config-file", FASTER] + (["--resume"] if resume else [])
-    argv += ["OUTPUT_DIR", str(output_dir), "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2"]
-    return default_argument_parser().parse_args(argv + TINY + list(opts))
+    argv += ["OUTPUT_DIR", str(output_dir), *TINY]
+    argv += ["SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", *opts]
+    return default_argument_parser().parse_args(argv)
 
 
 def test_resume_continues_where_a_killed_run_stopped(tmp_path):
@@ -101,7 +96,7 @@ def test_two_gloo_workers_on_cpu(tmp_path):
     cmd = [
         sys.executable, "-m", "d2kit.engine.train_net", "--config-file", FASTER,
         "--num-gpus", "2", "--dist-url", "auto",
-        "OUTPUT_DIR", str(tmp_path), "SOLVER.MAX_ITER", "2", *TINY,
+        "OUTPUT_DIR", str(tmp_path), *TINY,
     ]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -3,20 +3,12 @@ saved weights with ``--eval-only`` (COCOEvaluator on synth_crowd_val_mini)."""
 
 import pytest
 
+from d2kit.testing import smoke_opts
+
 pytest.importorskip("detectron2")
 
 QUICK = "configs/HNMS/quick_schedules"
-SHORT = (
-    "SOLVER.MAX_ITER", "2",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "1",
-    "DATALOADER.NUM_WORKERS", "0",
-    "DATASETS.TEST", "('synth_crowd_val_mini',)",
-    # two iterations from scratch score below the default 0.05: keep every detection so that
-    # COCOEvaluator has predictions to score (and the pre-filters see many boxes)
-    "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-)  # fmt: skip
+SHORT = smoke_opts("synth_crowd_val_mini")
 
 
 def _train_then_eval(run_train_net, config, out, *eval_configs):

@@ -2,17 +2,10 @@
 then its saved weights are evaluated with ``--eval-only`` (COCOEvaluator, box and mask AP on
 synth_shapes_val_mini); the IoU-balanced baseline trains through the same script."""
 
+from d2kit.testing import smoke_opts
+
 QUICK = "configs/OverlapSampler/quick_schedules"
-SHORT = (
-    "SOLVER.MAX_ITER", "2",
-    "SOLVER.IMS_PER_BATCH", "2",
-    "SOLVER.WARMUP_ITERS", "1",
-    "DATALOADER.NUM_WORKERS", "0",
-    "DATASETS.TEST", "('synth_shapes_val_mini',)",
-    # two iterations from scratch score below the default 0.05: keep every detection so that
-    # COCOEvaluator has predictions to score
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-)  # fmt: skip
+SHORT = smoke_opts("synth_shapes_val_mini")
 
 
 def test_mask_rcnn_trains_and_evaluates(run_train_net, tmp_path):
