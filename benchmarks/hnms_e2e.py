@@ -41,14 +41,6 @@ RETINA_BASE = "quick_schedules/retinanet_R_18_FPN_quick_synth_crowd.yaml"
 RETINA_HASH = "HNMS/quick_schedules/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
 
 
-class _Trainer(Trainer):
-    """Trainer whose ``train`` returns the evaluation run after the last iteration."""
-
-    def train(self):
-        results = super().train()
-        return results if results is not None else getattr(self, "_last_eval_results", None)
-
-
 class Timer:
     """Wraps a function and records the wall time of every call."""
 
@@ -112,7 +104,7 @@ def train(cfg, args):
         return weights
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     t = time.perf_counter()
-    trainer = _Trainer(cfg)
+    trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
     print(f"trained {cfg.OUTPUT_DIR} in {time.perf_counter() - t:.0f} s", flush=True)

@@ -36,14 +36,6 @@ RUNS = {
 }
 
 
-class _Trainer(Trainer):
-    """Trainer whose ``train`` returns the evaluation run after the last iteration."""
-
-    def train(self):
-        results = super().train()
-        return results if results is not None else getattr(self, "_last_eval_results", None)
-
-
 def _slug(name: str) -> str:
     return name.split(" ")[0].replace("-", "_").lower()
 
@@ -81,7 +73,7 @@ def main() -> None:
         run_args = default_argument_parser().parse_args(argv)
         start = time.perf_counter()
         res = train_net.main(
-            run_args, config_fns=[overlap_sampler.add_overlap_sampler_config], trainer_cls=_Trainer
+            run_args, config_fns=[overlap_sampler.add_overlap_sampler_config], trainer_cls=Trainer
         )
         table[name] = {
             "config": config,
