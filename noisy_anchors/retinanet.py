@@ -15,15 +15,14 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from ._common import check_noisy_args, log_noisy_stats
-from .assignment import TopNMatcher
+from ._common import NoisyAnchorsSettings, log_noisy_stats, noisy_kwargs_from_config
 from .losses import noisy_anchors_dense_losses
 
 __all__ = ["NoisyAnchorsRetinaNet"]
 
 
 @META_ARCH_REGISTRY.register()
-class NoisyAnchorsRetinaNet(RetinaNet):
+class NoisyAnchorsRetinaNet(NoisyAnchorsSettings, RetinaNet):
     """RetinaNet with cleanliness-based soft labels and sample re-weighting.
 
     Built from a config, the anchor matcher is ``TopNMatcher(MODEL.NOISY_ANCHORS.TOPN)``; built
@@ -54,27 +53,14 @@ class NoisyAnchorsRetinaNet(RetinaNet):
             kwargs: the arguments of detectron2's ``RetinaNet``.
         """
         super().__init__(**kwargs)
-        check_noisy_args(cleanliness_alpha, reweight_gamma, noisy_variant, reweight_eps)
-        self.cleanliness_alpha = float(cleanliness_alpha)
-        self.reweight_gamma = float(reweight_gamma)
-        self.noisy_variant = noisy_variant
-        self.soft_labels = bool(soft_labels)
-        self.reweighting = bool(reweighting)
-        self.reweight_eps = float(reweight_eps)
+        self._init_noisy(
+            cleanliness_alpha, reweight_gamma, noisy_variant, soft_labels, reweighting, reweight_eps
+        )
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        na = cfg.MODEL.NOISY_ANCHORS
-        # fmt: off
-        ret["anchor_matcher"]    = TopNMatcher(na.TOPN)  # Alg. 1 lines 2-6
-        ret["cleanliness_alpha"] = na.ALPHA
-        ret["reweight_gamma"]    = na.GAMMA
-        ret["noisy_variant"]     = na.VARIANT
-        ret["soft_labels"]       = na.SOFT_LABELS
-        ret["reweighting"]       = na.REWEIGHTING
-        ret["reweight_eps"]      = na.EPS
-        # fmt: on
+        ret.update(noisy_kwargs_from_config(cfg))
         return ret
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes):
@@ -106,12 +92,7 @@ class NoisyAnchorsRetinaNet(RetinaNet):
             focal_gamma=self.focal_loss_gamma,
             box_reg_loss_type=self.box_reg_loss_type,
             smooth_l1_beta=self.smooth_l1_beta,
-            alpha=self.cleanliness_alpha,
-            gamma=self.reweight_gamma,
-            variant=self.noisy_variant,
-            soft_labels=self.soft_labels,
-            reweight=self.reweighting,
-            eps=self.reweight_eps,
+            **self._noisy_loss_kwargs(),
         )
         log_noisy_stats("", out, self.cleanliness_alpha, num_images)
         return {

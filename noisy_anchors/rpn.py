@@ -19,15 +19,14 @@ from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from ._common import check_noisy_args, log_noisy_stats
-from .assignment import TopNMatcher
+from ._common import NoisyAnchorsSettings, log_noisy_stats, noisy_kwargs_from_config
 from .losses import noisy_anchors_dense_losses
 
 __all__ = ["NoisyAnchorsRPN"]
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()
-class NoisyAnchorsRPN(RPN):
+class NoisyAnchorsRPN(NoisyAnchorsSettings, RPN):
     """RPN with cleanliness-based soft objectness labels and sample re-weighting.
 
     Built from a config, the anchor matcher is ``TopNMatcher(MODEL.NOISY_ANCHORS.TOPN)``. For the
@@ -54,27 +53,14 @@ class NoisyAnchorsRPN(RPN):
             kwargs: the arguments of detectron2's ``RPN``.
         """
         super().__init__(**kwargs)
-        check_noisy_args(cleanliness_alpha, reweight_gamma, noisy_variant, reweight_eps)
-        self.cleanliness_alpha = float(cleanliness_alpha)
-        self.reweight_gamma = float(reweight_gamma)
-        self.noisy_variant = noisy_variant
-        self.soft_labels = bool(soft_labels)
-        self.reweighting = bool(reweighting)
-        self.reweight_eps = float(reweight_eps)
+        self._init_noisy(
+            cleanliness_alpha, reweight_gamma, noisy_variant, soft_labels, reweighting, reweight_eps
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        na = cfg.MODEL.NOISY_ANCHORS
-        # fmt: off
-        ret["anchor_matcher"]    = TopNMatcher(na.TOPN)  # Alg. 1 lines 2-6
-        ret["cleanliness_alpha"] = na.ALPHA
-        ret["reweight_gamma"]    = na.GAMMA
-        ret["noisy_variant"]     = na.VARIANT
-        ret["soft_labels"]       = na.SOFT_LABELS
-        ret["reweighting"]       = na.REWEIGHTING
-        ret["reweight_eps"]      = na.EPS
-        # fmt: on
+        ret.update(noisy_kwargs_from_config(cfg))
         return ret
 
     @torch.jit.unused
@@ -113,12 +99,7 @@ class NoisyAnchorsRPN(RPN):
             focal_gamma=0.0,
             box_reg_loss_type=self.box_reg_loss_type,
             smooth_l1_beta=self.smooth_l1_beta,
-            alpha=self.cleanliness_alpha,
-            gamma=self.reweight_gamma,
-            variant=self.noisy_variant,
-            soft_labels=self.soft_labels,
-            reweight=self.reweighting,
-            eps=self.reweight_eps,
+            **self._noisy_loss_kwargs(),
         )
         log_noisy_stats("rpn/", out, self.cleanliness_alpha, num_images)
         normalizer = self.batch_size_per_image * num_images
