@@ -1,11 +1,18 @@
 // CPU kernels: IoUHash (Alg. 1) and hashing-based NMS (Alg. 2, cascaded as in Alg. 3).
 //
-// One O(N) pass per hash function with an open-addressing hash table (linear probing) that maps
-// (i, j, m, n, group) to a compact array of cells; each cell keeps its best box. "Best" is a
-// total order: higher score first, lower index among equal scores, so the result does not depend
-// on the order in which boxes are visited.
+// One O(N) pass per hash function. A box's code (i, j, m, n) is packed into 64 bits (always, for
+// boxes of any realistic size and position) and looked up with its group in an open-addressing
+// table (linear probing) whose 16-byte slots hold the best box of each cell; codes that do not
+// pack go to a general map. "Best" is a total order: higher score first, lower index among equal
+// scores, so the result does not depend on the order in which boxes are visited.
+//
+// The codes are bit-identical to iou_hash_box() (hnms_hash.h), which the CUDA kernel and, up to
+// the libm, the pure-torch reference compute: the fast path below only replaces log() by a
+// cheaper approximation where the rounding of Eqs. (2)/(3) cannot depend on the difference.
 #include <algorithm>
+#include <cmath>
 #include <limits>
+#include <unordered_map>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -17,119 +24,285 @@ namespace hnms {
 
 namespace {
 
-struct Cell {
-  int64_t code[4];
-  int64_t group;
-  uint64_t best_key;
-  int64_t best;
-};
+// ---------------------------------------------------------------------------------------------
+// IoUHash, fast path
 
-struct Candidate {
-  uint64_t key;
-  int64_t index;
-};
-
-// Higher score first; lower index first among equal scores.
-inline bool better(uint64_t key_a, int64_t idx_a, uint64_t key_b, int64_t idx_b) {
-  return key_a > key_b || (key_a == key_b && idx_a < idx_b);
-}
-
-// 1 / δ_i of Eqs. (4)/(8) memoised per i (direct-mapped): boxes of one image have few distinct
-// sizes, so this removes exp() from almost every box. Computed by cell_inv_delta(): same bits.
-class DeltaCache {
+// Size index i of Eq. (2) (or j of Eq. (3)) and 1 / δ_i of Eqs. (1), (4) by table lookup instead
+// of a log and an exp per box. Sizes are grouped in buckets by the top 19 bits of their double
+// (sign, exponent and 7 mantissa bits: a relative width of 1/128); boxes of one image fall in a
+// few hundred buckets. For a bucket, the real-valued v(s) + 1/2 = (log S0 - log s) / log α + 1/2
+// (monotone in s) crosses at most one integer k, at s* = exp(log S0 - (k - 1/2) log α). Sizes
+// below s* (1 - 1e-9) get i = k - 1, sizes above s* (1 + 1e-9) get k; there the computed
+// v + 1/2 is at least 1e-9 |1 / log α| from k, while the rounding errors of log() and of the
+// products are below 1e-12 |1 / log α|, so the result is what size_index() computes. Sizes
+// inside that band, buckets with several crossings (α close to 1) and sizes that are not
+// positive normal numbers return false: the caller then uses the exact size_index().
+class SizeIndexTable {
  public:
-  DeltaCache(double s0, double log_alpha, double ratio)
-      : s0_(s0), log_alpha_(log_alpha), ratio_(ratio) {
-    for (auto& e : entries_) {
-      e.i = kInvalidCode;
-      e.delta = 0.0;
+  SizeIndexTable(double s0, double log_s0, const HashParams& p)
+      : s0_(s0), log_s0_(log_s0), log_alpha_(p.log_alpha), inv_log_alpha_(p.inv_log_alpha),
+        ratio_(p.ratio) {
+    for (Entry& e : entries_) {
+      e.bucket = ~uint64_t(0);  // no valid bucket (positive sizes have a clear sign bit)
     }
   }
-  double get(int64_t i) {
-    Entry& e = entries_[static_cast<uint64_t>(i) & (kSize - 1)];
-    if (e.i != i) {
-      e.i = i;
-      e.delta = cell_inv_delta(i, s0_, log_alpha_, ratio_);
+
+  // Whether the table decides size s; then *i and *inv_delta are size_index()'s and
+  // cell_inv_delta()'s results.
+  __attribute__((always_inline)) bool lookup(double s, int64_t* i, double* inv_delta) {
+    uint64_t bits;
+    std::memcpy(&bits, &s, sizeof(bits));
+    const uint64_t bucket = bits >> kMantissaBits;
+    Entry& e = entries_[bucket & (kEntries - 1)];
+    if (e.bucket != bucket) {
+      fill(e, bucket);
     }
-    return e.delta;
+    const bool above = s > e.band_hi;
+    if (!(s < e.band_lo) && !above) {
+      return false;  // inside the band around s* (or an undecided bucket)
+    }
+    *i = e.i + above;
+    *inv_delta = above ? e.inv_delta_hi : e.inv_delta_lo;
+    return true;
   }
 
  private:
-  static constexpr size_t kSize = 64;
+  static constexpr int kMantissaBits = 45;  // 52 - 7: 128 buckets per octave
+  static constexpr size_t kEntries = 1024;  // direct-mapped
   struct Entry {
-    int64_t i;
-    double delta;
+    uint64_t bucket;
+    int64_t i;  // index below the band
+    double band_lo;  // s < band_lo: i; s > band_hi: i + 1; otherwise undecided
+    double band_hi;
+    double inv_delta_lo;  // 1 / δ_i
+    double inv_delta_hi;  // 1 / δ_(i+1)
   };
-  Entry entries_[kSize];
-  double s0_, log_alpha_, ratio_;
+
+  __attribute__((noinline)) void fill(Entry& e, uint64_t bucket) {
+    e.bucket = bucket;
+    e.band_lo = -std::numeric_limits<double>::infinity();  // undecided until proven otherwise
+    e.band_hi = std::numeric_limits<double>::infinity();
+    const uint64_t sign_exponent = bucket >> 7;
+    if (sign_exponent == 0 || sign_exponent >= 2047) {
+      return;  // zero, subnormal, inf/NaN or negative: the exact path decides
+    }
+    double lo;
+    double hi;
+    const uint64_t lo_bits = bucket << kMantissaBits;
+    const uint64_t hi_bits = lo_bits | ((uint64_t(1) << kMantissaBits) - 1);
+    std::memcpy(&lo, &lo_bits, sizeof(lo));
+    std::memcpy(&hi, &hi_bits, sizeof(hi));
+    // v + 1/2 over the bucket, widened by a margin far above its rounding error
+    const double margin = 1e-7 * std::max(1.0, std::fabs(inv_log_alpha_));
+    const double v_lo = (log_s0_ - std::log(lo)) * inv_log_alpha_ + 0.5;
+    const double v_hi = (log_s0_ - std::log(hi)) * inv_log_alpha_ + 0.5;
+    const double k_lo = std::floor(std::min(v_lo, v_hi) - margin);
+    const double k_hi = std::floor(std::max(v_lo, v_hi) + margin);
+    if (!(k_lo > -kMaxCode && k_hi < kMaxCode) || k_hi > k_lo + 1) {
+      return;
+    }
+    // i grows with s when log α < 0 (always: α < 1)
+    e.i = static_cast<int64_t>(k_lo);
+    e.inv_delta_lo = cell_inv_delta(e.i, s0_, log_alpha_, ratio_);
+    e.inv_delta_hi = cell_inv_delta(e.i + 1, s0_, log_alpha_, ratio_);
+    if (k_hi == k_lo) {
+      e.band_lo = std::numeric_limits<double>::infinity();  // one index for the whole bucket
+      return;
+    }
+    const double s_star = std::exp(log_s0_ - (k_hi - 0.5) * log_alpha_);
+    e.band_lo = s_star * (1.0 - 1e-9);
+    e.band_hi = s_star * (1.0 + 1e-9);
+  }
+
+  Entry entries_[kEntries];
+  double s0_, log_s0_, log_alpha_, inv_log_alpha_, ratio_;
 };
 
-// Alg. 1 with cached δ; same result as iou_hash_box().
-inline bool iou_hash_box_cached(
-    double x1,
-    double y1,
-    double x2,
-    double y2,
-    const HashParams& p,
-    DeltaCache& wcache,
-    DeltaCache& hcache,
-    int64_t* code) {
-  const double w = x2 - x1;
-  const double h = y2 - y1;
-  const double cx = (x1 + x2) * 0.5;
-  const double cy = (y1 + y2) * 0.5;
-  return size_index(w, cx, p.log_w0, p.inv_log_alpha, &code[0]) &&
-      size_index(h, cy, p.log_h0, p.inv_log_alpha, &code[1]) &&
-      offset_index(cx, wcache.get(code[0]), p.bx, &code[2]) &&
-      offset_index(cy, hcache.get(code[1]), p.by, &code[3]);
+// Alg. 1 for one box with the result of iou_hash_box(): true and the code (i, j, m, n), or false
+// and kInvalidCode for a box that cannot be hashed. Sizes go through SizeIndexTable; Eqs. (6)/(7)
+// are computed as in iou_hash_box(); anything the table does not decide (and every invalid box)
+// takes iou_hash_box()'s own path.
+class FastHasher {
+ public:
+  explicit FastHasher(const HashParams& p)
+      : p_(p), widths_(p.w0, p.log_w0, p), heights_(p.h0, p.log_h0, p) {}
+
+  // inlined into the per-box loop (GCC would otherwise call it)
+  __attribute__((always_inline)) bool hash(
+      double x1,
+      double y1,
+      double x2,
+      double y2,
+      int64_t* code) {
+    const double w = x2 - x1;
+    const double h = y2 - y1;
+    const double cx = (x1 + x2) * 0.5;
+    const double cy = (y1 + y2) * 0.5;
+    double inv_dw;
+    double inv_dh;
+    if (!(hnms_isfinite(cx) & hnms_isfinite(cy)) || !widths_.lookup(w, &code[0], &inv_dw) ||
+        !heights_.lookup(h, &code[1], &inv_dh)) {
+      return iou_hash_box(x1, y1, x2, y2, p_, code);
+    }
+    const double vm = cx * inv_dw - p_.bx + 0.5;  // Eq. (6) + 1/2
+    const double vn = cy * inv_dh - p_.by + 0.5;  // Eq. (7) + 1/2
+    if (!((vm > -kMaxCode) & (vm < kMaxCode) & (vn > -kMaxCode) & (vn < kMaxCode))) {
+      return iou_hash_box(x1, y1, x2, y2, p_, code);
+    }
+    code[2] = floor_int(vm);
+    code[3] = floor_int(vn);
+    return true;
+  }
+
+ private:
+  // floor(x) for |x| < 2^62: bit-identical to std::floor, without the libm call.
+  static int64_t floor_int(double x) {
+    const int64_t t = static_cast<int64_t>(x);  // truncation
+    return t - (static_cast<double>(t) > x);
+  }
+
+  const HashParams p_;
+  SizeIndexTable widths_;
+  SizeIndexTable heights_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Cell tables
+
+// Higher score first; lower index first among equal scores.
+template <typename key_t>
+inline bool better(key_t key_a, int64_t idx_a, key_t key_b, int64_t idx_b) {
+  return key_a > key_b || (key_a == key_b && idx_a < idx_b);
 }
 
-// Stable LSD radix sort by decreasing key (8-bit digits; digits on which all keys agree, such as
-// the low mantissa bytes of float32 scores, are skipped). Equal keys keep their input order.
-void radix_sort_by_key_desc(std::vector<Candidate>& a) {
-  const size_t n = a.size();
-  if (n < 2) {
-    return;
-  }
-  std::vector<size_t> hist(8 * 256, 0);
-  for (const Candidate& c : a) {
-    const uint64_t k = ~c.key;
-    for (int d = 0; d < 8; ++d) {
-      ++hist[d * 256 + ((k >> (8 * d)) & 255)];
-    }
-  }
-  std::vector<Candidate> tmp(n);
-  Candidate* src = a.data();
-  Candidate* dst = tmp.data();
-  for (int d = 0; d < 8; ++d) {
-    size_t* h = hist.data() + d * 256;
-    bool trivial = false;
-    size_t offset = 0;
-    for (int bucket = 0; bucket < 256; ++bucket) {
-      trivial = trivial || h[bucket] == n;
-      const size_t count = h[bucket];
-      h[bucket] = offset;
-      offset += count;
-    }
-    if (trivial) {
-      continue;
-    }
-    for (size_t t = 0; t < n; ++t) {
-      const uint64_t k = ~src[t].key;
-      dst[h[(k >> (8 * d)) & 255]++] = src[t];
-    }
-    std::swap(src, dst);
-  }
-  if (src != a.data()) {
-    std::copy(src, src + n, a.data());
-  }
+// Order-preserving 32-bit key of a float score (non-NaN; -0 and +0 equal), for scores that are
+// float32 or narrower; double scores use score_key() of hnms_hash.h.
+inline uint32_t score_key32(float s) {
+  s = s + 0.0f;
+  uint32_t bits;
+  std::memcpy(&bits, &s, sizeof(bits));
+  return (bits >> 31) ? ~bits : (bits | 0x80000000u);
 }
+
+template <typename score_t>
+struct ScoreKey {
+  using type = uint32_t;
+  static uint32_t of(score_t s) {
+    return score_key32(static_cast<float>(s));
+  }
+};
+template <>
+struct ScoreKey<double> {
+  using type = uint64_t;
+  static uint64_t of(double s) {
+    return score_key(s);
+  }
+};
+
+// (i, j, m, n) packed into 64 bits: i and j in 12 bits, m and n in 20 bits (two's complement).
+constexpr int kSizeBits = 12;
+constexpr int kOffsetBits = 20;
+inline bool pack_code(const int64_t* c, uint64_t* packed) {
+  constexpr int64_t kSizeLim = int64_t(1) << (kSizeBits - 1);
+  constexpr int64_t kOffsetLim = int64_t(1) << (kOffsetBits - 1);
+  const bool fits = (c[0] >= -kSizeLim) & (c[0] < kSizeLim) & (c[1] >= -kSizeLim) &
+      (c[1] < kSizeLim) & (c[2] >= -kOffsetLim) & (c[2] < kOffsetLim) & (c[3] >= -kOffsetLim) &
+      (c[3] < kOffsetLim);
+  constexpr uint64_t kSizeMask = (uint64_t(1) << kSizeBits) - 1;
+  constexpr uint64_t kOffsetMask = (uint64_t(1) << kOffsetBits) - 1;
+  *packed = (static_cast<uint64_t>(c[0]) & kSizeMask) |
+      ((static_cast<uint64_t>(c[1]) & kSizeMask) << kSizeBits) |
+      ((static_cast<uint64_t>(c[2]) & kOffsetMask) << (2 * kSizeBits)) |
+      ((static_cast<uint64_t>(c[3]) & kOffsetMask) << (2 * kSizeBits + kOffsetBits));
+  return fits;
+}
+
+// Open-addressing table of cells keyed by (packed code, group); each slot holds the cell's best
+// box and its score key. Starts at half the number of boxes (cells are usually far fewer than
+// boxes) and doubles when 5/8 full.
+template <typename key_t>
+class CellTable {
+ public:
+  struct Slot {
+    uint64_t code;
+    key_t key;  // score key of the best box
+    int32_t group;
+    int32_t best;  // < 0: empty
+  };
+
+  void reset(int64_t num_boxes) {
+    size_t capacity = 16;
+    while (capacity < static_cast<size_t>(num_boxes) / 2) {
+      capacity <<= 1;
+    }
+    slots_.assign(capacity, Slot{0, 0, 0, -1});
+    used_ = 0;
+  }
+  size_t mask() const {
+    return slots_.size() - 1;
+  }
+  size_t home(uint64_t code, int32_t group) const {
+    return static_cast<size_t>(mix64(code * 0x9e3779b97f4a7c15ULL + static_cast<uint32_t>(group))) &
+        mask();
+  }
+  Slot& at(size_t slot) {
+    return slots_[slot];
+  }
+  void prefetch(size_t slot) const {
+    __builtin_prefetch(&slots_[slot]);
+  }
+  // Claims the empty slot `slot` for a new cell; returns true if the table grew (slots moved).
+  bool claim(size_t slot, uint64_t code, key_t key, int32_t group, int32_t best) {
+    slots_[slot] = Slot{code, key, group, best};
+    if (++used_ * 8 <= slots_.size() * 5) {
+      return false;
+    }
+    std::vector<Slot> old(slots_.size() * 2, Slot{0, 0, 0, -1});
+    old.swap(slots_);
+    for (const Slot& s : old) {
+      if (s.best >= 0) {
+        size_t t = home(s.code, s.group);
+        while (slots_[t].best >= 0) {
+          t = (t + 1) & mask();
+        }
+        slots_[t] = s;
+      }
+    }
+    return true;
+  }
+  template <typename F>
+  void for_each_best(F&& f) const {
+    for (const Slot& s : slots_) {
+      if (s.best >= 0) {
+        f(static_cast<int64_t>(s.best));
+      }
+    }
+  }
+
+ private:
+  std::vector<Slot> slots_;
+  size_t used_ = 0;
+};
+
+// Cells whose code does not pack or whose group does not fit in 32 bits (rare): a general map.
+struct WideKey {
+  int64_t code[4];
+  int64_t group;
+  bool operator==(const WideKey& o) const {
+    return code[0] == o.code[0] && code[1] == o.code[1] && code[2] == o.code[2] &&
+        code[3] == o.code[3] && group == o.group;
+  }
+};
+struct WideKeyHash {
+  size_t operator()(const WideKey& k) const {
+    return static_cast<size_t>(hash_code(k.code, k.group));
+  }
+};
 
 // One pass of Alg. 2 over the boxes `list[0..count)` (or 0..count when list is null). Appends the
 // survivors to `out`: the best box of every cell, and every box that cannot be hashed.
-// Boxes are processed in batches: hash a batch and prefetch its table slots, then prefetch the
-// cells those slots point to, then update the cells in order. The prefetches hide the cache
-// misses of the random table/cell accesses; the updates are the plain sequential Alg. 2.
+// Boxes are processed in batches: hash a batch and prefetch its home slots, then update the
+// cells in order (the plain sequential Alg. 2); the prefetches hide the random-access misses.
 template <typename box_t, typename score_t>
 void hash_pass(
     const box_t* boxes,
@@ -138,84 +311,132 @@ void hash_pass(
     const int64_t* list,
     int64_t count,
     const HashParams& p,
-    std::vector<int32_t>& table,
-    std::vector<Cell>& cells,
+    CellTable<typename ScoreKey<score_t>::type>& table,
     std::vector<int64_t>& out) {
-  size_t capacity = 16;
-  while (capacity < 2 * static_cast<size_t>(count)) {
-    capacity <<= 1;
-  }
-  const size_t mask = capacity - 1;
-  table.assign(capacity, -1);
-  cells.clear();
-  cells.reserve(static_cast<size_t>(count));  // no reallocation: prefetched addresses stay valid
-  DeltaCache wcache(p.w0, p.log_alpha, p.ratio);
-  DeltaCache hcache(p.h0, p.log_alpha, p.ratio);
+  using key_t = typename ScoreKey<score_t>::type;
+  table.reset(count);
+  std::unordered_map<WideKey, int64_t, WideKeyHash> wide;
+  FastHasher hasher(p);
 
   constexpr int kBatch = 16;
   struct Pending {
-    int64_t idx;
-    int64_t code[4];
-    int64_t group;
-    uint64_t key;
+    uint64_t code;
     size_t slot;
+    key_t key;
+    int32_t idx;
+    int32_t group;
   };
   Pending batch[kBatch];
   for (int64_t t0 = 0; t0 < count; t0 += kBatch) {
     const int64_t t1 = std::min<int64_t>(count, t0 + kBatch);
     int nb = 0;
-    for (int64_t t = t0; t < t1; ++t) {  // 1. hash, prefetch the table slot
+    for (int64_t t = t0; t < t1; ++t) {  // 1. hash, prefetch the home slot
       const int64_t idx = list ? list[t] : t;
-      const double s = to_double(scores[idx]);
-      if (score_is_nan(s)) {
+      const score_t s = scores[idx];
+      if (score_is_nan(to_double(s))) {
         continue;  // a NaN-scored box is never kept and suppresses nothing
       }
       const box_t* b = boxes + 4 * idx;
-      Pending& q = batch[nb];
-      if (!iou_hash_box_cached(
-              to_double(b[0]), to_double(b[1]), to_double(b[2]), to_double(b[3]), p, wcache,
-              hcache, q.code)) {
+      int64_t code[4];
+      if (!hasher.hash(
+              to_double(b[0]), to_double(b[1]), to_double(b[2]), to_double(b[3]), code)) {
         out.push_back(idx);  // unhashable: its own cell (kept, suppresses nothing)
         continue;
       }
-      q.idx = idx;
-      q.group = groups ? groups[idx] : 0;
-      q.key = score_key(s);
-      q.slot = static_cast<size_t>(hash_code(q.code, q.group)) & mask;
-      __builtin_prefetch(&table[q.slot]);
+      const key_t key = ScoreKey<score_t>::of(s);
+      const int64_t group = groups ? groups[idx] : 0;
+      Pending& q = batch[nb];
+      if (!pack_code(code, &q.code) || group != static_cast<int32_t>(group)) {
+        const WideKey wk{{code[0], code[1], code[2], code[3]}, group};
+        auto it = wide.emplace(wk, idx).first;
+        if (better(key, idx, ScoreKey<score_t>::of(scores[it->second]), it->second)) {
+          it->second = idx;
+        }
+        continue;
+      }
+      q.idx = static_cast<int32_t>(idx);
+      q.group = static_cast<int32_t>(group);
+      q.key = key;
+      q.slot = table.home(q.code, q.group);
+      table.prefetch(q.slot);
       ++nb;
     }
-    for (int k = 0; k < nb; ++k) {  // 2. prefetch the cell the slot points to (a hint only)
-      const int32_t c = table[batch[k].slot];
-      if (c >= 0) {
-        __builtin_prefetch(&cells.data()[c]);
-      }
-    }
-    for (int k = 0; k < nb; ++k) {  // 3. Alg. 2: keep the best box of the cell
+    for (int k = 0; k < nb; ++k) {  // 2. Alg. 2: keep the best box of the cell
       const Pending& q = batch[k];
       size_t slot = q.slot;
       while (true) {
-        const int32_t c = table[slot];
-        if (c < 0) {
-          table[slot] = static_cast<int32_t>(cells.size());
-          cells.push_back(Cell{{q.code[0], q.code[1], q.code[2], q.code[3]}, q.group, q.key, q.idx});
-          break;
-        }
-        Cell& cell = cells[c];
-        if (cell.code[0] == q.code[0] && cell.code[1] == q.code[1] &&
-            cell.code[2] == q.code[2] && cell.code[3] == q.code[3] && cell.group == q.group) {
-          if (better(q.key, q.idx, cell.best_key, cell.best)) {
-            cell.best_key = q.key;
-            cell.best = q.idx;
+        auto& e = table.at(slot);
+        if (e.best < 0) {
+          if (table.claim(slot, q.code, q.key, q.group, q.idx)) {  // grown: new home slots
+            for (int r = k + 1; r < nb; ++r) {
+              batch[r].slot = table.home(batch[r].code, batch[r].group);
+            }
           }
           break;
         }
-        slot = (slot + 1) & mask;
+        if (e.code == q.code && e.group == q.group) {
+          if (better(q.key, q.idx, e.key, e.best)) {
+            e.key = q.key;
+            e.best = q.idx;
+          }
+          break;
+        }
+        slot = (slot + 1) & table.mask();
       }
     }
   }
-  for (const Cell& cell : cells) {
-    out.push_back(cell.best);
+  table.for_each_best([&](int64_t idx) { out.push_back(idx); });
+  for (const auto& kv : wide) {
+    out.push_back(kv.second);
+  }
+}
+
+// Stable LSD radix sort by decreasing key (8-bit digits; digits on which all keys agree are
+// skipped). Equal keys keep their input order.
+template <typename key_t>
+struct Candidate {
+  key_t key;
+  int32_t index;
+};
+
+template <typename key_t>
+void radix_sort_by_key_desc(std::vector<Candidate<key_t>>& a) {
+  constexpr int kDigits = sizeof(key_t);
+  const size_t n = a.size();
+  if (n < 2) {
+    return;
+  }
+  std::vector<size_t> hist(kDigits * 256, 0);
+  for (const auto& c : a) {
+    const key_t k = static_cast<key_t>(~c.key);
+    for (int d = 0; d < kDigits; ++d) {
+      ++hist[d * 256 + ((k >> (8 * d)) & 255)];
+    }
+  }
+  std::vector<Candidate<key_t>> tmp(n);
+  Candidate<key_t>* src = a.data();
+  Candidate<key_t>* dst = tmp.data();
+  for (int d = 0; d < kDigits; ++d) {
+    size_t* h = hist.data() + d * 256;
+    bool trivial = false;
+    size_t offset = 0;
+    for (int bucket = 0; bucket < 256; ++bucket) {
+      trivial = trivial || h[bucket] == n;
+      const size_t c = h[bucket];
+      h[bucket] = offset;
+      offset += c;
+    }
+    if (trivial) {
+      continue;
+    }
+    for (size_t t = 0; t < n; ++t) {
+      const key_t k = static_cast<key_t>(~src[t].key);
+      dst[h[(k >> (8 * d)) & 255]++] = src[t];
+    }
+    std::swap(src, dst);
+  }
+  if (src != a.data()) {
+    std::copy(src, src + n, a.data());
   }
 }
 
@@ -230,13 +451,13 @@ at::Tensor hnms_cpu_impl(
     double h0,
     double bx,
     double by) {
+  using key_t = typename ScoreKey<score_t>::type;
   const int64_t n = boxes.size(0);
   const box_t* b = boxes.data_ptr<box_t>();
   const score_t* s = scores.data_ptr<score_t>();
   const int64_t* g = groups.numel() > 0 ? groups.data_ptr<int64_t>() : nullptr;
 
-  std::vector<int32_t> table;
-  std::vector<Cell> cells;
+  CellTable<key_t> table;
   std::vector<int64_t> current;
   std::vector<int64_t> next;
   // Alg. 3: apply the K hash functions of Eq. (16) one after another to the survivors.
@@ -244,10 +465,9 @@ at::Tensor hnms_cpu_impl(
     const HashParams p = make_hash_params(alpha, w0, h0, bx, by, k, num_hashes);
     next.clear();
     if (k == 0) {
-      hash_pass(b, s, g, nullptr, n, p, table, cells, next);
+      hash_pass(b, s, g, nullptr, n, p, table, next);
     } else {
-      hash_pass(
-          b, s, g, current.data(), static_cast<int64_t>(current.size()), p, table, cells, next);
+      hash_pass(b, s, g, current.data(), static_cast<int64_t>(current.size()), p, table, next);
     }
     current.swap(next);
   }
@@ -259,14 +479,16 @@ at::Tensor hnms_cpu_impl(
   for (const int64_t idx : current) {
     flag[idx] = 1;
   }
-  std::vector<Candidate> kept;
-  kept.reserve(current.size());
+  std::vector<Candidate<key_t>> kept(current.size());
+  size_t num_kept = 0;
   for (int64_t idx = 0; idx < n; ++idx) {
     if (flag[idx]) {
-      kept.push_back(Candidate{score_key(to_double(s[idx])), idx});
+      kept[num_kept++] = Candidate<key_t>{ScoreKey<score_t>::of(s[idx]), static_cast<int32_t>(idx)};
     }
   }
-  auto by_key_desc = [](const Candidate& a, const Candidate& c) { return a.key > c.key; };
+  auto by_key_desc = [](const Candidate<key_t>& a, const Candidate<key_t>& c) {
+    return a.key > c.key;
+  };
   if (!std::is_sorted(kept.begin(), kept.end(), by_key_desc)) {
     radix_sort_by_key_desc(kept);
   }
@@ -297,13 +519,13 @@ at::Tensor iou_hash_cpu(
   const int64_t n = boxes.size(0);
   at::Tensor codes = at::empty({n, 4}, boxes.options().dtype(at::kLong));
   int64_t* out = codes.data_ptr<int64_t>();
-  const HashParams p = make_hash_params(alpha, w0, h0, bx, by, 0, 1);
+  FastHasher hasher(make_hash_params(alpha, w0, h0, bx, by, 0, 1));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, boxes.scalar_type(), "iou_hash", [&] {
     const scalar_t* b = boxes.data_ptr<scalar_t>();
     for (int64_t t = 0; t < n; ++t) {
-      iou_hash_box(
+      hasher.hash(
           to_double(b[4 * t]), to_double(b[4 * t + 1]), to_double(b[4 * t + 2]),
-          to_double(b[4 * t + 3]), p, out + 4 * t);
+          to_double(b[4 * t + 3]), out + 4 * t);
     }
   });
   return codes;
