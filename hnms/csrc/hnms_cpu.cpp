@@ -217,35 +217,62 @@ inline bool pack_code(const int64_t* c, uint64_t* packed) {
   return fits;
 }
 
-// Open-addressing table of cells keyed by (packed code, group); each slot holds the cell's best
-// box and its score key. Starts at half the number of boxes (cells are usually far fewer than
-// boxes) and doubles when 5/8 full.
+// Slot of the cell table: the packed code, the group (only for batched calls: without it a slot
+// of a float-scored call is 16 bytes) and the best box with its score key; best < 0: empty.
+template <typename key_t, bool kGrouped>
+struct Slot {
+  uint64_t code;
+  key_t key;
+  int32_t group;
+  int32_t best;
+  int32_t group_id() const {
+    return group;
+  }
+  void set(uint64_t c, key_t k, int32_t g, int32_t b) {
+    code = c;
+    key = k;
+    group = g;
+    best = b;
+  }
+};
 template <typename key_t>
+struct Slot<key_t, false> {
+  uint64_t code;
+  key_t key;
+  int32_t best;
+  int32_t group_id() const {
+    return 0;
+  }
+  void set(uint64_t c, key_t k, int32_t /*g*/, int32_t b) {
+    code = c;
+    key = k;
+    best = b;
+  }
+};
+
+// Open-addressing table of cells keyed by (packed code, group). Starts at half the number of
+// boxes (cells are usually far fewer than boxes) and doubles when 5/8 full.
+template <typename key_t, bool kGrouped>
 class CellTable {
  public:
-  struct Slot {
-    uint64_t code;
-    key_t key;  // score key of the best box
-    int32_t group;
-    int32_t best;  // < 0: empty
-  };
+  using SlotT = Slot<key_t, kGrouped>;
 
   void reset(int64_t num_boxes) {
     size_t capacity = 16;
     while (capacity < static_cast<size_t>(num_boxes) / 2) {
       capacity <<= 1;
     }
-    slots_.assign(capacity, Slot{0, 0, 0, -1});
-    used_ = 0;
+    allocate(capacity);
   }
   size_t mask() const {
-    return slots_.size() - 1;
+    return mask_;
   }
   size_t home(uint64_t code, int32_t group) const {
-    return static_cast<size_t>(mix64(code * 0x9e3779b97f4a7c15ULL + static_cast<uint32_t>(group))) &
-        mask();
+    const uint64_t mixed = kGrouped ? code * 0x9e3779b97f4a7c15ULL + static_cast<uint32_t>(group)
+                                    : code;
+    return static_cast<size_t>(mix64(mixed)) & mask_;
   }
-  Slot& at(size_t slot) {
+  SlotT& at(size_t slot) {
     return slots_[slot];
   }
   void prefetch(size_t slot) const {
@@ -253,34 +280,49 @@ class CellTable {
   }
   // Claims the empty slot `slot` for a new cell; returns true if the table grew (slots moved).
   bool claim(size_t slot, uint64_t code, key_t key, int32_t group, int32_t best) {
-    slots_[slot] = Slot{code, key, group, best};
+    slots_[slot].set(code, key, group, best);
     if (++used_ * 8 <= slots_.size() * 5) {
       return false;
     }
-    std::vector<Slot> old(slots_.size() * 2, Slot{0, 0, 0, -1});
+    std::vector<SlotT> old;
     old.swap(slots_);
-    for (const Slot& s : old) {
-      if (s.best >= 0) {
-        size_t t = home(s.code, s.group);
+    allocate(old.size() * 2);
+    used_ = 0;
+    for (const SlotT& e : old) {
+      if (e.best >= 0) {
+        size_t t = home(e.code, e.group_id());
         while (slots_[t].best >= 0) {
-          t = (t + 1) & mask();
+          t = (t + 1) & mask_;
         }
-        slots_[t] = s;
+        slots_[t] = e;
+        ++used_;
       }
     }
     return true;
   }
-  template <typename F>
-  void for_each_best(F&& f) const {
-    for (const Slot& s : slots_) {
-      if (s.best >= 0) {
-        f(static_cast<int64_t>(s.best));
-      }
+  // Appends the best box of every cell to `out` (branch-free: cells are randomly spread).
+  void append_best(std::vector<int64_t>& out) const {
+    const size_t start = out.size();
+    out.resize(start + used_ + 1);  // one spare entry for the unconditional store
+    int64_t* dst = out.data() + start;
+    size_t count = 0;
+    for (const SlotT& e : slots_) {
+      dst[count] = e.best;
+      count += e.best >= 0;
     }
+    out.resize(start + count);
   }
 
  private:
-  std::vector<Slot> slots_;
+  void allocate(size_t capacity) {
+    SlotT empty{};
+    empty.best = -1;
+    slots_.assign(capacity, empty);
+    mask_ = capacity - 1;
+    used_ = 0;
+  }
+  std::vector<SlotT> slots_;
+  size_t mask_ = 0;
   size_t used_ = 0;
 };
 
@@ -303,7 +345,7 @@ struct WideKeyHash {
 // survivors to `out`: the best box of every cell, and every box that cannot be hashed.
 // Boxes are processed in batches: hash a batch and prefetch its home slots, then update the
 // cells in order (the plain sequential Alg. 2); the prefetches hide the random-access misses.
-template <typename box_t, typename score_t>
+template <bool kGrouped, typename box_t, typename score_t>
 void hash_pass(
     const box_t* boxes,
     const score_t* scores,
@@ -311,7 +353,7 @@ void hash_pass(
     const int64_t* list,
     int64_t count,
     const HashParams& p,
-    CellTable<typename ScoreKey<score_t>::type>& table,
+    CellTable<typename ScoreKey<score_t>::type, kGrouped>& table,
     std::vector<int64_t>& out) {
   using key_t = typename ScoreKey<score_t>::type;
   table.reset(count);
@@ -344,7 +386,7 @@ void hash_pass(
         continue;
       }
       const key_t key = ScoreKey<score_t>::of(s);
-      const int64_t group = groups ? groups[idx] : 0;
+      const int64_t group = kGrouped ? groups[idx] : 0;
       Pending& q = batch[nb];
       if (!pack_code(code, &q.code) || group != static_cast<int32_t>(group)) {
         const WideKey wk{{code[0], code[1], code[2], code[3]}, group};
@@ -374,7 +416,7 @@ void hash_pass(
           }
           break;
         }
-        if (e.code == q.code && e.group == q.group) {
+        if (e.code == q.code && e.group_id() == q.group) {
           if (better(q.key, q.idx, e.key, e.best)) {
             e.key = q.key;
             e.best = q.idx;
@@ -385,14 +427,15 @@ void hash_pass(
       }
     }
   }
-  table.for_each_best([&](int64_t idx) { out.push_back(idx); });
+  table.append_best(out);
   for (const auto& kv : wide) {
     out.push_back(kv.second);
   }
 }
 
-// Stable LSD radix sort by decreasing key (8-bit digits; digits on which all keys agree are
-// skipped). Equal keys keep their input order.
+// Stable LSD radix sort by decreasing key (11-bit digits; digits on which all keys agree, such as
+// the low mantissa bits of float scores widened to double, are skipped). Equal keys keep their
+// input order.
 template <typename key_t>
 struct Candidate {
   key_t key;
@@ -401,26 +444,28 @@ struct Candidate {
 
 template <typename key_t>
 void radix_sort_by_key_desc(std::vector<Candidate<key_t>>& a) {
-  constexpr int kDigits = sizeof(key_t);
+  constexpr int kBits = 11;
+  constexpr int kBuckets = 1 << kBits;
+  constexpr int kDigits = (8 * sizeof(key_t) + kBits - 1) / kBits;
   const size_t n = a.size();
   if (n < 2) {
     return;
   }
-  std::vector<size_t> hist(kDigits * 256, 0);
+  std::vector<size_t> hist(kDigits * kBuckets, 0);
   for (const auto& c : a) {
     const key_t k = static_cast<key_t>(~c.key);
     for (int d = 0; d < kDigits; ++d) {
-      ++hist[d * 256 + ((k >> (8 * d)) & 255)];
+      ++hist[d * kBuckets + ((k >> (kBits * d)) & (kBuckets - 1))];
     }
   }
   std::vector<Candidate<key_t>> tmp(n);
   Candidate<key_t>* src = a.data();
   Candidate<key_t>* dst = tmp.data();
   for (int d = 0; d < kDigits; ++d) {
-    size_t* h = hist.data() + d * 256;
+    size_t* h = hist.data() + d * kBuckets;
     bool trivial = false;
     size_t offset = 0;
-    for (int bucket = 0; bucket < 256; ++bucket) {
+    for (int bucket = 0; bucket < kBuckets; ++bucket) {
       trivial = trivial || h[bucket] == n;
       const size_t c = h[bucket];
       h[bucket] = offset;
@@ -431,12 +476,41 @@ void radix_sort_by_key_desc(std::vector<Candidate<key_t>>& a) {
     }
     for (size_t t = 0; t < n; ++t) {
       const key_t k = static_cast<key_t>(~src[t].key);
-      dst[h[(k >> (8 * d)) & 255]++] = src[t];
+      dst[h[(k >> (kBits * d)) & (kBuckets - 1)]++] = src[t];
     }
     std::swap(src, dst);
   }
   if (src != a.data()) {
     std::copy(src, src + n, a.data());
+  }
+}
+
+// Alg. 3: the K hash functions of Eq. (16) applied one after another to the survivors.
+template <bool kGrouped, typename box_t, typename score_t>
+void cascade(
+    const box_t* b,
+    const score_t* s,
+    const int64_t* g,
+    int64_t n,
+    double alpha,
+    int64_t num_hashes,
+    double w0,
+    double h0,
+    double bx,
+    double by,
+    std::vector<int64_t>& survivors) {
+  CellTable<typename ScoreKey<score_t>::type, kGrouped> table;
+  std::vector<int64_t> next;
+  for (int64_t k = 0; k < num_hashes; ++k) {
+    const HashParams p = make_hash_params(alpha, w0, h0, bx, by, k, num_hashes);
+    next.clear();
+    if (k == 0) {
+      hash_pass<kGrouped>(b, s, g, nullptr, n, p, table, next);
+    } else {
+      hash_pass<kGrouped>(
+          b, s, g, survivors.data(), static_cast<int64_t>(survivors.size()), p, table, next);
+    }
+    survivors.swap(next);
   }
 }
 
@@ -457,19 +531,11 @@ at::Tensor hnms_cpu_impl(
   const score_t* s = scores.data_ptr<score_t>();
   const int64_t* g = groups.numel() > 0 ? groups.data_ptr<int64_t>() : nullptr;
 
-  CellTable<key_t> table;
   std::vector<int64_t> current;
-  std::vector<int64_t> next;
-  // Alg. 3: apply the K hash functions of Eq. (16) one after another to the survivors.
-  for (int64_t k = 0; k < num_hashes; ++k) {
-    const HashParams p = make_hash_params(alpha, w0, h0, bx, by, k, num_hashes);
-    next.clear();
-    if (k == 0) {
-      hash_pass(b, s, g, nullptr, n, p, table, next);
-    } else {
-      hash_pass(b, s, g, current.data(), static_cast<int64_t>(current.size()), p, table, next);
-    }
-    current.swap(next);
+  if (g != nullptr) {
+    cascade<true>(b, s, g, n, alpha, num_hashes, w0, h0, bx, by, current);
+  } else {
+    cascade<false>(b, s, g, n, alpha, num_hashes, w0, h0, bx, by, current);
   }
 
   // Survivors in increasing index order (one flag per box), then a stable sort by decreasing
@@ -479,13 +545,13 @@ at::Tensor hnms_cpu_impl(
   for (const int64_t idx : current) {
     flag[idx] = 1;
   }
-  std::vector<Candidate<key_t>> kept(current.size());
+  std::vector<Candidate<key_t>> kept(current.size() + 1);  // + 1: unconditional store
   size_t num_kept = 0;
-  for (int64_t idx = 0; idx < n; ++idx) {
-    if (flag[idx]) {
-      kept[num_kept++] = Candidate<key_t>{ScoreKey<score_t>::of(s[idx]), static_cast<int32_t>(idx)};
-    }
+  for (int64_t idx = 0; idx < n; ++idx) {  // branch-free: survivors are randomly spread
+    kept[num_kept] = Candidate<key_t>{ScoreKey<score_t>::of(s[idx]), static_cast<int32_t>(idx)};
+    num_kept += flag[idx];
   }
+  kept.resize(num_kept);
   auto by_key_desc = [](const Candidate<key_t>& a, const Candidate<key_t>& c) {
     return a.key > c.key;
   };
