@@ -36,13 +36,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+CSRC := $(wildcard hnms/csrc/*.h hnms/csrc/*.cpp hnms/csrc/*.cu)
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CSRC)
 
 format: setup
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+	$(VENV)/bin/clang-format -i $(CSRC)
 
 # Small versions of the cost benchmarks (the full ones, with the training runs behind the
 # accuracy tables, are documented in each project's README).

@@ -12,12 +12,7 @@
 namespace hnms {
 
 at::Tensor iou_hash_cpu(
-    const at::Tensor& boxes,
-    double alpha,
-    double w0,
-    double h0,
-    double bx,
-    double by);
+    const at::Tensor& boxes, double alpha, double w0, double h0, double bx, double by);
 
 at::Tensor hnms_cpu(
     const at::Tensor& boxes,
@@ -32,12 +27,7 @@ at::Tensor hnms_cpu(
 
 #if defined(WITH_CUDA) || defined(WITH_HIP)
 at::Tensor iou_hash_cuda(
-    const at::Tensor& boxes,
-    double alpha,
-    double w0,
-    double h0,
-    double bx,
-    double by);
+    const at::Tensor& boxes, double alpha, double w0, double h0, double bx, double by);
 
 at::Tensor hnms_cuda(
     const at::Tensor& boxes,
@@ -70,7 +60,8 @@ inline void check_hnms_args(
   TORCH_CHECK(
       groups.numel() == 0 || groups.scalar_type() == at::kLong, "hnms: groups must be int64");
   TORCH_CHECK(
-      boxes.device() == scores.device() && (groups.numel() == 0 || groups.device() == boxes.device()),
+      boxes.device() == scores.device() &&
+          (groups.numel() == 0 || groups.device() == boxes.device()),
       "hnms: boxes, scores and groups must be on the same device");
   TORCH_CHECK(alpha > 0.0 && alpha < 1.0, "hnms: alpha must be in (0, 1), got ", alpha);
   TORCH_CHECK(num_hashes >= 1, "hnms: num_hashes must be >= 1, got ", num_hashes);
@@ -99,12 +90,7 @@ inline at::Tensor hnms(
 }
 
 inline at::Tensor iou_hash(
-    const at::Tensor& boxes,
-    double alpha,
-    double w0,
-    double h0,
-    double bx,
-    double by) {
+    const at::Tensor& boxes, double alpha, double w0, double h0, double bx, double by) {
   if (boxes.device().is_cuda()) {
 #if defined(WITH_CUDA) || defined(WITH_HIP)
     return iou_hash_cuda(boxes, alpha, w0, h0, bx, by);
@@ -117,4 +103,4 @@ inline at::Tensor iou_hash(
   return iou_hash_cpu(boxes, alpha, w0, h0, bx, by);
 }
 
-} // namespace hnms
+}  // namespace hnms

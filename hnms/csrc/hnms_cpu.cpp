@@ -40,7 +40,10 @@ namespace {
 class SizeIndexTable {
  public:
   SizeIndexTable(double s0, double log_s0, const HashParams& p)
-      : s0_(s0), log_s0_(log_s0), log_alpha_(p.log_alpha), inv_log_alpha_(p.inv_log_alpha),
+      : s0_(s0),
+        log_s0_(log_s0),
+        log_alpha_(p.log_alpha),
+        inv_log_alpha_(p.inv_log_alpha),
         ratio_(p.ratio) {
     for (Entry& e : entries_) {
       e.bucket = ~uint64_t(0);  // no valid bucket (positive sizes have a clear sign bit)
@@ -71,7 +74,7 @@ class SizeIndexTable {
   static constexpr size_t kEntries = 1024;  // direct-mapped
   struct Entry {
     uint64_t bucket;
-    int64_t i;  // index below the band
+    int64_t i;       // index below the band
     double band_lo;  // s < band_lo: i; s > band_hi: i + 1; otherwise undecided
     double band_hi;
     double inv_delta_lo;  // 1 / δ_i
@@ -129,11 +132,7 @@ class FastHasher {
 
   // inlined into the per-box loop (GCC would otherwise call it)
   __attribute__((always_inline)) bool hash(
-      double x1,
-      double y1,
-      double x2,
-      double y2,
-      int64_t* code) {
+      double x1, double y1, double x2, double y2, int64_t* code) {
     const double w = x2 - x1;
     const double h = y2 - y1;
     const double cx = (x1 + x2) * 0.5;
@@ -206,14 +205,14 @@ inline bool pack_code(const int64_t* c, uint64_t* packed) {
   constexpr int64_t kSizeLim = int64_t(1) << (kSizeBits - 1);
   constexpr int64_t kOffsetLim = int64_t(1) << (kOffsetBits - 1);
   const bool fits = (c[0] >= -kSizeLim) & (c[0] < kSizeLim) & (c[1] >= -kSizeLim) &
-      (c[1] < kSizeLim) & (c[2] >= -kOffsetLim) & (c[2] < kOffsetLim) & (c[3] >= -kOffsetLim) &
-      (c[3] < kOffsetLim);
+                    (c[1] < kSizeLim) & (c[2] >= -kOffsetLim) & (c[2] < kOffsetLim) &
+                    (c[3] >= -kOffsetLim) & (c[3] < kOffsetLim);
   constexpr uint64_t kSizeMask = (uint64_t(1) << kSizeBits) - 1;
   constexpr uint64_t kOffsetMask = (uint64_t(1) << kOffsetBits) - 1;
   *packed = (static_cast<uint64_t>(c[0]) & kSizeMask) |
-      ((static_cast<uint64_t>(c[1]) & kSizeMask) << kSizeBits) |
-      ((static_cast<uint64_t>(c[2]) & kOffsetMask) << (2 * kSizeBits)) |
-      ((static_cast<uint64_t>(c[3]) & kOffsetMask) << (2 * kSizeBits + kOffsetBits));
+            ((static_cast<uint64_t>(c[1]) & kSizeMask) << kSizeBits) |
+            ((static_cast<uint64_t>(c[2]) & kOffsetMask) << (2 * kSizeBits)) |
+            ((static_cast<uint64_t>(c[3]) & kOffsetMask) << (2 * kSizeBits + kOffsetBits));
   return fits;
 }
 
@@ -268,8 +267,8 @@ class CellTable {
     return mask_;
   }
   size_t home(uint64_t code, int32_t group) const {
-    const uint64_t mixed = kGrouped ? code * 0x9e3779b97f4a7c15ULL + static_cast<uint32_t>(group)
-                                    : code;
+    const uint64_t mixed =
+        kGrouped ? code * 0x9e3779b97f4a7c15ULL + static_cast<uint32_t>(group) : code;
     return static_cast<size_t>(mix64(mixed)) & mask_;
   }
   SlotT& at(size_t slot) {
@@ -332,7 +331,7 @@ struct WideKey {
   int64_t group;
   bool operator==(const WideKey& o) const {
     return code[0] == o.code[0] && code[1] == o.code[1] && code[2] == o.code[2] &&
-        code[3] == o.code[3] && group == o.group;
+           code[3] == o.code[3] && group == o.group;
   }
 };
 struct WideKeyHash {
@@ -380,8 +379,7 @@ void hash_pass(
       }
       const box_t* b = boxes + 4 * idx;
       int64_t code[4];
-      if (!hasher.hash(
-              to_double(b[0]), to_double(b[1]), to_double(b[2]), to_double(b[3]), code)) {
+      if (!hasher.hash(to_double(b[0]), to_double(b[1]), to_double(b[2]), to_double(b[3]), code)) {
         out.push_back(idx);  // unhashable: its own cell (kept, suppresses nothing)
         continue;
       }
@@ -558,7 +556,8 @@ at::Tensor hnms_cpu_impl(
   if (!std::is_sorted(kept.begin(), kept.end(), by_key_desc)) {
     radix_sort_by_key_desc(kept);
   }
-  at::Tensor keep = at::empty({static_cast<int64_t>(kept.size())}, boxes.options().dtype(at::kLong));
+  at::Tensor keep =
+      at::empty({static_cast<int64_t>(kept.size())}, boxes.options().dtype(at::kLong));
   int64_t* out = keep.data_ptr<int64_t>();
   for (size_t t = 0; t < kept.size(); ++t) {
     out[t] = kept[t].index;
@@ -566,15 +565,10 @@ at::Tensor hnms_cpu_impl(
   return keep;
 }
 
-} // namespace
+}  // namespace
 
 at::Tensor iou_hash_cpu(
-    const at::Tensor& boxes_,
-    double alpha,
-    double w0,
-    double h0,
-    double bx,
-    double by) {
+    const at::Tensor& boxes_, double alpha, double w0, double h0, double bx, double by) {
   TORCH_CHECK(boxes_.device().is_cpu(), "iou_hash_cpu: boxes must be a CPU tensor");
   TORCH_CHECK(
       boxes_.dim() == 2 && boxes_.size(1) == 4, "iou_hash: boxes must have shape [N, 4], got ",
@@ -628,4 +622,4 @@ at::Tensor hnms_cpu(
   return keep;
 }
 
-} // namespace hnms
+}  // namespace hnms

@@ -82,14 +82,11 @@ __global__ void hash_kernel(
 }
 
 __device__ __forceinline__ bool same_cell(
-    const int64_t* codes,
-    const int64_t* groups,
-    int64_t a,
-    int64_t b) {
+    const int64_t* codes, const int64_t* groups, int64_t a, int64_t b) {
   const int64_t* ca = codes + 4 * a;
   const int64_t* cb = codes + 4 * b;
   return ca[0] == cb[0] && ca[1] == cb[1] && ca[2] == cb[2] && ca[3] == cb[3] &&
-      (groups == nullptr || groups[a] == groups[b]);
+         (groups == nullptr || groups[a] == groups[b]);
 }
 
 __global__ void insert_kernel(
@@ -158,31 +155,23 @@ __global__ void select_kernel(
        idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const uint8_t s = state[idx];
     active[idx] = (s == kPassThrough) ||
-        (s == kHashed && best_idx[slot_of[idx]] == static_cast<unsigned long long>(idx));
+                  (s == kHashed && best_idx[slot_of[idx]] == static_cast<unsigned long long>(idx));
   }
 }
 
 // Signed, order-preserving version of the score key, for the final stable sort.
 __global__ void signed_key_kernel(
-    int64_t k,
-    const int64_t* kept,
-    const unsigned long long* keys,
-    int64_t* out) {
+    int64_t k, const int64_t* kept, const unsigned long long* keys, int64_t* out) {
   for (int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; t < k;
        t += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     out[t] = static_cast<int64_t>(keys[kept[t]] ^ 0x8000000000000000ULL);
   }
 }
 
-} // namespace
+}  // namespace
 
 at::Tensor iou_hash_cuda(
-    const at::Tensor& boxes_,
-    double alpha,
-    double w0,
-    double h0,
-    double bx,
-    double by) {
+    const at::Tensor& boxes_, double alpha, double w0, double h0, double bx, double by) {
   TORCH_CHECK(boxes_.is_cuda(), "iou_hash_cuda: boxes must be a CUDA tensor");
   TORCH_CHECK(
       boxes_.dim() == 2 && boxes_.size(1) == 4, "iou_hash: boxes must have shape [N, 4], got ",
@@ -264,8 +253,8 @@ at::Tensor hnms_cuda(
           // Alg. 3: the K hash functions of Eq. (16), each on the survivors of the previous one.
           for (int64_t k = 0; k < num_hashes; ++k) {
             const HashParams p = make_hash_params(alpha, w0, h0, bx, by, k, num_hashes);
-            table.fill_(-1);  // kEmpty
-            best_key.zero_();  // below the key of every non-NaN score
+            table.fill_(-1);     // kEmpty
+            best_key.zero_();    // below the key of every non-NaN score
             best_idx.fill_(-1);  // kEmpty, above every index
             hash_kernel<box_t, score_t><<<blocks, kThreads, 0, stream>>>(
                 n, boxes.data_ptr<box_t>(), scores.data_ptr<score_t>(), active_p, p,
@@ -300,4 +289,4 @@ at::Tensor hnms_cuda(
   return kept.index_select(0, order);
 }
 
-} // namespace hnms
+}  // namespace hnms

@@ -25,10 +25,10 @@ constexpr double kMaxCode = 4611686018427387904.0;  // 2^62
 
 // Parameters of one IoUHash function (Alg. 1). Logarithms are computed once per call on the host.
 struct HashParams {
-  double log_alpha;  // log(α), α in (0, 1)
+  double log_alpha;      // log(α), α in (0, 1)
   double inv_log_alpha;  // 1 / log(α)
-  double log_w0;  // log(W0)
-  double log_h0;  // log(H0)
+  double log_w0;         // log(W0)
+  double log_h0;         // log(H0)
   double w0;
   double h0;
   double bx;
@@ -40,13 +40,7 @@ struct HashParams {
 //   log W0^(k) = log W0 - log(α) k / K,  b_x^(k) = b_x + k / K  (and likewise for H0, b_y).
 // With W0 = H0 = 1 and b_x = b_y = 0 this is exactly Eq. (16).
 inline HashParams make_hash_params(
-    double alpha,
-    double w0,
-    double h0,
-    double bx,
-    double by,
-    int64_t k,
-    int64_t num_hashes) {
+    double alpha, double w0, double h0, double bx, double by, int64_t k, int64_t num_hashes) {
   HashParams p;
   const double frac = static_cast<double>(k) / static_cast<double>(num_hashes);
   const double scale = std::pow(alpha, -frac);
@@ -85,11 +79,7 @@ HNMS_HD bool round_code(double v, int64_t* out) {
 // The divisions are multiplications by the reciprocals 1 / log α and 1 / δ_i (the reference
 // does the same). Split in three steps so that the CPU kernel can cache 1 / δ_i per i.
 HNMS_HD bool size_index(
-    double size,
-    double center,
-    double log_s0,
-    double inv_log_alpha,
-    int64_t* i) {
+    double size, double center, double log_s0, double inv_log_alpha, int64_t* i) {
   if (!(size > 0.0) || !hnms_isfinite(size) || !hnms_isfinite(center)) {
     return false;
   }
@@ -99,7 +89,7 @@ HNMS_HD bool size_index(
 // 1 / δ_i
 HNMS_HD double cell_inv_delta(int64_t i, double s0, double log_alpha, double ratio) {
   const double s_i = s0 * exp(-static_cast<double>(i) * log_alpha);  // Eq. (1)/(9)
-  return 1.0 / (s_i * ratio);  // Eq. (4)/(8)
+  return 1.0 / (s_i * ratio);                                        // Eq. (4)/(8)
 }
 
 HNMS_HD bool offset_index(double center, double inv_delta, double b, int64_t* m) {
@@ -131,22 +121,15 @@ HNMS_HD bool hash_dim(
 // Alg. 1: code (i, j, m, n) of the box (x1, y1, x2, y2). Returns false (and writes kInvalidCode)
 // when the box cannot be hashed.
 HNMS_HD bool iou_hash_box(
-    double x1,
-    double y1,
-    double x2,
-    double y2,
-    const HashParams& p,
-    int64_t* code) {
+    double x1, double y1, double x2, double y2, const HashParams& p, int64_t* code) {
   const double w = x2 - x1;
   const double h = y2 - y1;
   const double cx = (x1 + x2) * 0.5;
   const double cy = (y1 + y2) * 0.5;
   if (hash_dim(
-          w, cx, p.log_w0, p.w0, p.bx, p.log_alpha, p.inv_log_alpha, p.ratio, &code[0],
-          &code[2]) &&
+          w, cx, p.log_w0, p.w0, p.bx, p.log_alpha, p.inv_log_alpha, p.ratio, &code[0], &code[2]) &&
       hash_dim(
-          h, cy, p.log_h0, p.h0, p.by, p.log_alpha, p.inv_log_alpha, p.ratio, &code[1],
-          &code[3])) {
+          h, cy, p.log_h0, p.h0, p.by, p.log_alpha, p.inv_log_alpha, p.ratio, &code[1], &code[3])) {
     return true;
   }
   code[0] = code[1] = code[2] = code[3] = kInvalidCode;
@@ -200,4 +183,4 @@ HNMS_HD double to_double<float>(float v) {
   return static_cast<double>(v);
 }
 
-} // namespace hnms
+}  // namespace hnms

@@ -33,7 +33,7 @@ TORCH_LIBRARY_IMPL(hnms, CUDA, m) {
 }
 #endif
 
-} // namespace hnms
+}  // namespace hnms
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("compiled_with_cuda", &hnms::compiled_with_cuda, "whether the CUDA kernels were built");
