@@ -2,6 +2,8 @@
 the HNMS pre-filter, with the same seed, data and schedule (synthetic data, not the paper's).
 
     python benchmarks/hnms_e2e.py [--iters 300] [--only rcnn retina] [--reuse]
+    python benchmarks/hnms_e2e.py --only rcnn --seeds 42 1 2 --rpn-k 1 2 --reuse
+    python benchmarks/hnms_e2e.py --only retina --reuse          # RetinaNet: 1200 iterations
     python benchmarks/hnms_e2e.py --quick          # smoke run: 4 iterations, 8 images
 
 Faster R-CNN: the baseline and the HashRPN model are trained one after the other (same seed and
@@ -11,7 +13,9 @@ with detectron2's post-processing and with the HNMS pre-filter (it only changes 
 Reported: box AP / AP50 on synth_crowd_val and the time of the suppression stage per image
 (RPN: the NMS / HNMS call over all levels; RetinaNet: NMS vs HNMS + NMS, and the whole
 post-processing), measured during evaluation, single thread. Writes
-benchmarks/results/hnms_e2e.json; checkpoints go to output/hnms_e2e/<run>/.
+benchmarks/results/hnms_e2e.json (one row per model and seed; with several seeds the table
+ends with the mean and standard deviation of each model's AP difference to the baseline of the
+same seed); checkpoints go to output/hnms_e2e/<run>_s<seed>_it<iters>/.
 """
 
 import argparse
@@ -76,19 +80,20 @@ class patched:
         setattr(self.module, self.name, self.orig)
 
 
-def build_cfg(config, run, args, *opts):
+def build_cfg(config, run, args, seed, iters, *opts):
     cfg = get_cfg()
     hnms.add_hnms_config(cfg)
     cfg.merge_from_file(resolve_config_file(config))
     base_iters = cfg.SOLVER.MAX_ITER
-    scale = args.iters / base_iters
-    cfg.SOLVER.MAX_ITER = args.iters
+    scale = iters / base_iters
+    cfg.SOLVER.MAX_ITER = iters
     # the schedule's LR steps at the same fractions of the run (strictly increasing, < iters)
-    steps = {min(args.iters - 1, max(1, int(s * scale))) for s in cfg.SOLVER.STEPS}
-    cfg.SOLVER.STEPS = tuple(sorted(s for s in steps if 0 < s < args.iters))
-    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, args.iters // 3))
-    cfg.SEED = args.seed
-    cfg.OUTPUT_DIR = os.path.join(RUNS_DIR + ("_quick" if args.quick else ""), run)
+    steps = {min(iters - 1, max(1, int(s * scale))) for s in cfg.SOLVER.STEPS}
+    cfg.SOLVER.STEPS = tuple(sorted(s for s in steps if 0 < s < iters))
+    cfg.SOLVER.WARMUP_ITERS = min(cfg.SOLVER.WARMUP_ITERS, max(1, iters // 3))
+    cfg.SEED = seed
+    runs_dir = RUNS_DIR + ("_quick" if args.quick else "")
+    cfg.OUTPUT_DIR = os.path.join(runs_dir, f"{run}_s{seed}_it{iters}")
     cfg.DATASETS.TEST = (args.test_set,)
     if args.quick:  # a few iterations score below 0.05: keep every detection for the evaluator
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0
@@ -111,7 +116,7 @@ def train(cfg, args):
     return weights
 
 
-def evaluate(cfg, weights, stage):
+def evaluate(cfg, weights, stage, model_name):
     """AP of ``weights`` under ``cfg`` and the mean time per image of each timed stage."""
     from detectron2.checkpoint import DetectionCheckpointer
 
@@ -133,7 +138,14 @@ def evaluate(cfg, weights, stage):
             for c in contexts:
                 c.__exit__()
     bbox = results.get("bbox", next(iter(results.values())).get("bbox", {}))
-    row = {"AP": bbox.get("AP"), "AP50": bbox.get("AP50"), "AP75": bbox.get("AP75")}
+    row = {
+        "model": model_name,
+        "seed": cfg.SEED,
+        "iters": cfg.SOLVER.MAX_ITER,
+        "AP": bbox.get("AP"),
+        "AP50": bbox.get("AP50"),
+        "AP75": bbox.get("AP75"),
+    }
     num_images = max(len(post.times) if post else 0, 1)
     for name, timer in timers.items():
         # per image: an RPN makes one call per image, a RetinaNet one per image too
@@ -145,48 +157,101 @@ def evaluate(cfg, weights, stage):
     return row
 
 
+def results_path(args):
+    return os.path.join(RESULTS, f"hnms_e2e{'_quick' if args.quick else ''}.json")
+
+
 def save(args, table):
+    """Write ``table`` merged into the results file (rows of other runs, e.g. other seeds or a
+    concurrent run of the other model, are kept; this run's rows replace theirs)."""
     os.makedirs(RESULTS, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
-    with open(os.path.join(RESULTS, f"hnms_e2e{suffix}.json"), "w") as f:
-        json.dump({"args": vars(args), "table": table}, f, indent=1)
+    path = results_path(args)
+    merged = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            merged = json.load(f)["table"]
+    merged.update(table)
+    with open(path, "w") as f:
+        json.dump({"args": vars(args), "table": merged, "summary": summarize(merged)}, f, indent=1)
+    return merged
 
 
-def run_rcnn(args, table):
+def row_key(model_name, seed, iters):
+    return f"{model_name} [seed {seed}, {iters} it]"
+
+
+def record(args, table, cfg, weights, stage, model_name):
+    key = row_key(model_name, cfg.SEED, cfg.SOLVER.MAX_ITER)
+    if not (args.reuse and key in table):
+        table[key] = evaluate(cfg, weights, stage, model_name)
+        save(args, table)
+
+
+RCNN_BASELINE = "Faster R-CNN, RPN + NMS@0.7 (baseline)"
+RETINA_BASELINE = "RetinaNet, NMS@0.5 (baseline)"
+
+
+def run_rcnn(args, table, seed):
     rpn_nms = [(proposal_utils, "batched_nms")]
     hash_nms = [(hnms.rpn, "batched_hnms")]
-    base_cfg = build_cfg(RCNN_BASE, "rcnn_baseline", args)
+    base_cfg = build_cfg(RCNN_BASE, "rcnn_baseline", args, seed, args.iters)
     base_w = train(base_cfg, args)
-    table["Faster R-CNN, RPN + NMS@0.7 (baseline)"] = evaluate(base_cfg, base_w, rpn_nms)
-    save(args, table)
-    swap_cfg = build_cfg(RCNN_HASH, "rcnn_baseline", args)
-    table["Faster R-CNN, baseline weights, HashRPN at test time"] = evaluate(
-        swap_cfg, base_w, hash_nms
+    record(args, table, base_cfg, base_w, rpn_nms, RCNN_BASELINE)
+    swap_cfg = build_cfg(RCNN_HASH, "rcnn_baseline", args, seed, args.iters)
+    record(
+        args,
+        table,
+        swap_cfg,
+        base_w,
+        hash_nms,
+        "Faster R-CNN, baseline weights, HashRPN at test time",
     )
-    save(args, table)
     if not args.train_hash:
         return
-    hash_cfg = build_cfg(RCNN_HASH, "rcnn_hashrpn", args)
-    hash_w = train(hash_cfg, args)
-    table["Faster R-CNN, HashRPN α=0.7 K=1 (trained with it)"] = evaluate(
-        hash_cfg, hash_w, hash_nms
-    )
-    save(args, table)
+    for k in args.rpn_k:
+        run = "rcnn_hashrpn" if k == 1 else f"rcnn_hashrpn_k{k}"
+        opts = ("MODEL.HNMS.RPN.NUM_HASHES", str(k))
+        hash_cfg = build_cfg(RCNN_HASH, run, args, seed, args.iters, *opts)
+        hash_w = train(hash_cfg, args)
+        name = f"Faster R-CNN, HashRPN α=0.7 K={k} (trained with it)"
+        record(args, table, hash_cfg, hash_w, hash_nms, name)
 
 
-def run_retina(args, table):
-    base_cfg = build_cfg(RETINA_BASE, "retina_baseline", args)
+def run_retina(args, table, seed):
+    iters = args.retina_iters or args.iters
+    base_cfg = build_cfg(RETINA_BASE, "retina_baseline", args, seed, iters)
     w = train(base_cfg, args)
-    table["RetinaNet, NMS@0.5 (baseline)"] = evaluate(base_cfg, w, [(d2_retinanet, "batched_nms")])
-    save(args, table)
+    record(args, table, base_cfg, w, [(d2_retinanet, "batched_nms")], RETINA_BASELINE)
     for k in args.retina_k:
-        cfg = build_cfg(
-            RETINA_HASH, "retina_baseline", args, "MODEL.HNMS.PREFILTER.NUM_HASHES", str(k)
+        opts = ("MODEL.HNMS.PREFILTER.NUM_HASHES", str(k))
+        cfg = build_cfg(RETINA_HASH, "retina_baseline", args, seed, iters, *opts)
+        name = f"RetinaNet, HNMS α=0.73 K={k} + NMS@0.5"
+        record(args, table, cfg, w, [(hnms.retinanet, "nms_with_hash_prefilter")], name)
+
+
+def summarize(table):
+    """Per model and schedule: AP over seeds, and the AP difference to the same seed's baseline."""
+    groups = {}
+    for row in table.values():
+        groups.setdefault((row["model"], row["iters"]), {})[row["seed"]] = row["AP"]
+    out = []
+    for (model, iters), by_seed in groups.items():
+        baseline = RCNN_BASELINE if model.startswith("Faster") else RETINA_BASELINE
+        base = groups.get((baseline, iters), {})
+        diffs = [ap - base[s] for s, ap in by_seed.items() if s in base]
+        aps = list(by_seed.values())
+        out.append(
+            {
+                "model": model,
+                "iters": iters,
+                "seeds": sorted(by_seed),
+                "AP_mean": statistics.mean(aps),
+                "AP_std": statistics.stdev(aps) if len(aps) > 1 else 0.0,
+                "dAP_mean": statistics.mean(diffs) if diffs else float("nan"),
+                "dAP_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+            }
         )
-        table[f"RetinaNet, HNMS α=0.73 K={k} + NMS@0.5"] = evaluate(
-            cfg, w, [(hnms.retinanet, "nms_with_hash_prefilter")]
-        )
-        save(args, table)
+    return out
 
 
 def main():
@@ -197,7 +262,16 @@ def main():
         action="store_true",
         help="smoke run: 4 iterations, 8 test images, no HashRPN training, K=1 only",
     )
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[42])
+    parser.add_argument(
+        "--rpn-k", type=int, nargs="*", default=[1], help="K of the HashRPN models trained"
+    )
+    parser.add_argument(
+        "--retina-iters",
+        type=int,
+        default=1200,
+        help="RetinaNet training iterations (0: --iters); 300 leave it barely trained (AP 3.5)",
+    )
     parser.add_argument("--only", nargs="*", default=["rcnn", "retina"], help="rcnn retina")
     parser.add_argument("--retina-k", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--test-set", default="synth_crowd_val")
@@ -215,26 +289,33 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     args = parser.parse_args()
     if args.quick:
-        args.iters, args.test_set = 4, "synth_crowd_val_mini"
+        args.iters, args.retina_iters, args.test_set = 4, 4, "synth_crowd_val_mini"
         args.train_hash, args.retina_k = False, [1]
     if args.threads:
         torch.set_num_threads(args.threads)
     table = {}
-    previous = os.path.join(RESULTS, f"hnms_e2e{'_quick' if args.quick else ''}.json")
-    if args.reuse and os.path.isfile(previous):  # keep the rows of runs not repeated now
-        with open(previous) as f:
+    if args.reuse and os.path.isfile(results_path(args)):  # skip rows already measured
+        with open(results_path(args)) as f:
             table = json.load(f)["table"]
-    if "rcnn" in args.only:
-        run_rcnn(args, table)
-    if "retina" in args.only:
-        run_retina(args, table)
+    for seed in args.seeds:
+        if "rcnn" in args.only:
+            run_rcnn(args, table, seed)
+        if "retina" in args.only:
+            run_retina(args, table, seed)
+    table = save(args, table)
     print("\n| model | AP | AP50 | suppression ms/image | post-processing ms/image |")
     print("|---|---|---|---|---|")
     for name, row in table.items():
         stage = [v for k, v in row.items() if k.endswith("_ms_per_call")]
         post = row.get("postprocess_ms_per_image", float("nan"))
         print(f"| {name} | {row['AP']:.2f} | {row['AP50']:.2f} | {stage[0]:.2f} | {post:.2f} |")
-    save(args, table)
+    print("\n| model | iters | seeds | AP mean ± std | AP - baseline (same seed), mean ± std |")
+    print("|---|---|---|---|---|")
+    for r in summarize(table):
+        print(
+            f"| {r['model']} | {r['iters']} | {len(r['seeds'])} | {r['AP_mean']:.2f} ± "
+            f"{r['AP_std']:.2f} | {r['dAP_mean']:+.2f} ± {r['dAP_std']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 costs (CPU time, single thread), image by image.
 
     python benchmarks/hnms_prefilter_breakdown.py [--weights PATH] [--images 8] [--alpha 0.73]
+        [KEY VALUE ...]   # config overrides, e.g. MODEL.RETINANET.SCORE_THRESH_TEST 0.0
 
-Default weights: output/hnms_e2e/retina_baseline/model_final.pth, the RetinaNet trained by
-benchmarks/hnms_e2e.py (or pass any weights for the quick synth_crowd
+Default weights: output/hnms_e2e/retina_baseline_s42_it1200/model_final.pth, the RetinaNet trained
+by benchmarks/hnms_e2e.py (or pass any weights for the quick synth_crowd
 RetinaNet config) on ``--images`` images of synth_crowd_val; ``--quick`` runs 2 images of
 synth_crowd_val_mini with untrained weights. Prints, per image: candidate boxes, survivors of
 HNMS (α, K), detections after HNMS + NMS and after NMS alone, and the three CPU times.
@@ -28,7 +29,7 @@ from d2kit.paths import resolve_config_file
 CONFIG = "HNMS/quick_schedules/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_WEIGHTS = os.path.join(
-    HERE, "..", "output", "hnms_e2e", "retina_baseline", "model_final.pth"
+    HERE, "..", "output", "hnms_e2e", "retina_baseline_s42_it1200", "model_final.pth"
 )
 
 
@@ -40,11 +41,13 @@ def main():
     parser.add_argument("--num-hashes", type=int, default=1)
     parser.add_argument("--test-set", default="synth_crowd_val")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = get_cfg()
     hnms.add_hnms_config(cfg)
     cfg.merge_from_file(resolve_config_file(CONFIG))
+    cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = "cpu"
     model = Trainer.build_model(cfg).eval()
     if args.quick:
