@@ -254,6 +254,44 @@ def summarize(table):
     return out
 
 
+def plot(table, path):
+    """AP difference to the same seed's baseline, one dot per seed, for every model and schedule."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in summarize(table) if r["model"] not in (RCNN_BASELINE, RETINA_BASELINE)]
+    if not rows:
+        return
+    baselines = {
+        (r["model"], r["iters"], r["seed"]): r["AP"]
+        for r in table.values()
+        if r["model"] in (RCNN_BASELINE, RETINA_BASELINE)
+    }
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
+    for y, r in enumerate(rows):
+        baseline = RCNN_BASELINE if r["model"].startswith("Faster") else RETINA_BASELINE
+        diffs = [
+            t["AP"] - baselines[(baseline, t["iters"], t["seed"])]
+            for t in table.values()
+            if t["model"] == r["model"]
+            and t["iters"] == r["iters"]
+            and (baseline, t["iters"], t["seed"]) in baselines
+        ]
+        ax.scatter(diffs, [y] * len(diffs), color="tab:blue", alpha=0.7)
+        ax.scatter([r["dAP_mean"]], [y], color="black", marker="|", s=300)
+    ax.axvline(0.0, color="gray", lw=1)
+    ax.axvspan(-0.5, 0.5, color="tab:green", alpha=0.1)
+    labels = [f"{r['model']} ({r['iters']} it, {len(r['seeds'])} seeds)" for r in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xlabel("AP minus the same seed's baseline AP (dots: seeds, bar: mean)")
+    ax.set_title("HNMS end to end on synth_crowd_val")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=300, help="training iterations")
@@ -303,6 +341,7 @@ def main():
         if "retina" in args.only:
             run_retina(args, table, seed)
     table = save(args, table)
+    plot(table, results_path(args)[: -len(".json")] + ".png")
     print("\n| model | AP | AP50 | suppression ms/image | post-processing ms/image |")
     print("|---|---|---|---|---|")
     for name, row in table.items():
