@@ -2,13 +2,14 @@
 //
 // One O(N) pass per hash function. A box's code (i, j, m, n) is packed into 64 bits (always, for
 // boxes of any realistic size and position) and looked up with its group in an open-addressing
-// table (linear probing) whose 16-byte slots hold the best box of each cell; codes that do not
-// pack go to a general map. "Best" is a total order: higher score first, lower index among equal
-// scores, so the result does not depend on the order in which boxes are visited.
+// table (linear probing) whose slots (16 bytes, 24 with a group id) hold the best box of each
+// cell; codes that do not pack go to a general map. "Best" is a total order: higher score first,
+// lower index among equal scores, so the result does not depend on the order of the boxes.
 //
 // The codes are bit-identical to iou_hash_box() (hnms_hash.h), which the CUDA kernel and, up to
-// the libm, the pure-torch reference compute: the fast path below only replaces log() by a
-// cheaper approximation where the rounding of Eqs. (2)/(3) cannot depend on the difference.
+// the libm, the pure-torch reference compute: the size indices come from a per-bucket table
+// (SizeIndexTable) that defers to the exact computation wherever the rounding of Eqs. (2)/(3)
+// could come out differently.
 #include <algorithm>
 #include <cmath>
 #include <limits>
