@@ -32,6 +32,7 @@ from detectron2.modeling.proposal_generator import proposal_utils
 import hnms
 import hnms.retinanet
 import hnms.rpn
+from d2kit.benchmarking import CallTimer
 from d2kit.engine import Trainer
 from d2kit.paths import resolve_config_file
 
@@ -45,34 +46,15 @@ RETINA_BASE = "quick_schedules/retinanet_R_18_FPN_quick_synth_crowd.yaml"
 RETINA_HASH = "HNMS/quick_schedules/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
 
 
-class Timer:
-    """Wraps a function and records the wall time of every call."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.times = []
-
-    def __call__(self, *args, **kwargs):
-        t = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        self.times.append(time.perf_counter() - t)
-        return out
-
-    def ms(self):
-        """Mean milliseconds per call, without the first call (one-time warm-up costs)."""
-        times = self.times[1:] if len(self.times) > 1 else self.times
-        return 1e3 * statistics.mean(times) if times else float("nan")
-
-
 class patched:
-    """Temporarily replace ``module.name`` with a Timer around it."""
+    """Temporarily replace ``module.name`` with a CallTimer around it."""
 
     def __init__(self, module, name):
         self.module, self.name = module, name
 
     def __enter__(self):
         self.orig = getattr(self.module, self.name)
-        self.timer = Timer(self.orig)
+        self.timer = CallTimer(self.orig)
         setattr(self.module, self.name, self.timer)
         return self.timer
 
@@ -130,7 +112,7 @@ def evaluate(cfg, weights, stage, model_name):
             timers[c.name] = c.__enter__()
         post = None
         if hasattr(model, "inference_single_image"):
-            post = Timer(model.inference_single_image)
+            post = CallTimer(model.inference_single_image)
             model.inference_single_image = post
         try:
             results = Trainer.test(cfg, model)
@@ -149,10 +131,10 @@ def evaluate(cfg, weights, stage, model_name):
     num_images = max(len(post.times) if post else 0, 1)
     for name, timer in timers.items():
         # per image: an RPN makes one call per image, a RetinaNet one per image too
-        row[f"{name}_ms_per_call"] = timer.ms()
+        row[f"{name}_ms_per_call"] = timer.mean_ms()
         row[f"{name}_calls"] = len(timer.times)
     if post is not None:
-        row["postprocess_ms_per_image"] = post.ms()
+        row["postprocess_ms_per_image"] = post.mean_ms()
         row["images"] = num_images
     return row
 

@@ -27,6 +27,7 @@ from detectron2.utils.events import EventStorage
 
 import d2kit  # noqa: F401  (registers the synthetic datasets)
 import noisy_anchors
+from d2kit.benchmarking import CallTimer
 from d2kit.paths import REPO_ROOT
 
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -52,25 +53,11 @@ def _cfg(path):
     return cfg
 
 
-class _Timer:
-    """Wraps a bound method and accumulates its wall time."""
-
-    def __init__(self, fn):
-        self.fn, self.total = fn, 0.0
-
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self.fn(*args, **kwargs)
-        finally:
-            self.total += time.perf_counter() - start
-
-
 def _instrument(model):
     """Time the hooks Noisy Anchors changes: anchor labelling and the losses."""
     owner = model.proposal_generator if hasattr(model, "proposal_generator") else model
     label_name = "label_and_sample_anchors" if owner is not model else "label_anchors"
-    timers = [_Timer(getattr(owner, label_name)), _Timer(owner.losses)]
+    timers = [CallTimer(getattr(owner, label_name)), CallTimer(owner.losses)]
     setattr(owner, label_name, timers[0])
     owner.losses = timers[1]
     return timers

@@ -24,6 +24,7 @@ from detectron2.utils.events import EventStorage
 
 import d2kit  # noqa: F401  (registers the datasets)
 import overlap_sampler
+from d2kit.benchmarking import CallTimer
 from d2kit.paths import resolve_config_file
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -44,20 +45,6 @@ def _cfg(path):
     return cfg
 
 
-class _TimedSampling:
-    """Wraps ``roi_heads.label_and_sample_proposals`` to record its wall time."""
-
-    def __init__(self, heads):
-        self.fn = heads.label_and_sample_proposals
-        self.times = []
-
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        out = self.fn(*args, **kwargs)
-        self.times.append(time.perf_counter() - start)
-        return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
@@ -74,7 +61,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         models[name] = build_model(cfg).train()
         optims[name] = build_optimizer(cfg, models[name])
-        timers[name] = _TimedSampling(models[name].roi_heads)
+        timers[name] = CallTimer(models[name].roi_heads.label_and_sample_proposals)
         models[name].roi_heads.label_and_sample_proposals = timers[name]
         iter_times[name] = []
 
