@@ -52,8 +52,8 @@ format: setup
 # accuracy tables, are documented in each project's README).
 bench: setup
 	$(PY) benchmarks/hnms_speed.py --quick
-	$(PY) benchmarks/overlap_sampler_cost.py --iters 5
-	$(PY) benchmarks/noisy_anchors_overhead.py --iters 5
+	$(PY) benchmarks/overlap_sampler_cost.py --iters 5 --results-dir output/bench
+	$(PY) benchmarks/noisy_anchors_overhead.py --iters 5 --results-dir output/bench
 
 clean:
 	rm -rf build demo_output output hnms/_C*.so *.egg-info

@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--results-dir", default=RESULTS_DIR, help="where the JSON and plot go")
     args = parser.parse_args()
     results = {name: bench_pair(*paths, args.iters, args.warmup) for name, paths in PAIRS.items()}
 
@@ -135,12 +136,12 @@ def main() -> None:
         ax.set_ylabel("s / iteration")
         ax.legend()
     fig.tight_layout()
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, "noisy_anchors_overhead.png")
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, "noisy_anchors_overhead.png")
     fig.savefig(path, dpi=120)
     print(f"\nplot: {path}")
     summary = {n: {k: v for k, v in r.items() if k != "times"} for n, r in results.items()}
-    with open(os.path.join(RESULTS_DIR, "noisy_anchors_overhead.json"), "w") as f:
+    with open(os.path.join(args.results_dir, "noisy_anchors_overhead.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
 

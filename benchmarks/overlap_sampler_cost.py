@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--results-dir", default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
 
     cfgs = {name: _cfg(path) for name, path in CONFIGS.items()}
@@ -95,8 +96,8 @@ def main() -> None:
         "post_nms_topk_train": cfgs["StandardROIHeads"].MODEL.RPN.POST_NMS_TOPK_TRAIN,
         "threads": torch.get_num_threads(),
     }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "overlap_sampler_cost.json"), "w") as f:
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "overlap_sampler_cost.json"), "w") as f:
         json.dump(result, f, indent=2)
 
     print(f"\n{'ROI heads':26s} {'iteration (s)':>14s} {'label+sample (ms)':>18s}")
