@@ -9,9 +9,10 @@ the HNMS pre-filter, with the same seed, data and schedule (synthetic data, not 
 Faster R-CNN: the baseline and the HashRPN model are trained one after the other (same seed and
 schedule), each evaluated with its own proposal generator; the baseline weights are also
 evaluated with HashRPN swapped in at test time. RetinaNet: one model is trained and evaluated
-with detectron2's post-processing and with the HNMS pre-filter (it only changes inference).
+with detectron2's post-processing and with the HNMS pre-filter (it only changes inference), and
+with Soft-NMS alone and after the pre-filter (Appendix C.3; each compared with Soft-NMS alone).
 Reported: box AP / AP50 on synth_crowd_val and the time of the suppression stage per image
-(RPN: the NMS / HNMS call over all levels; RetinaNet: NMS vs HNMS + NMS, and the whole
+(RPN: the NMS / HNMS call over all levels; RetinaNet: (HNMS +) NMS or Soft-NMS, and the whole
 post-processing), measured during evaluation, single thread. Writes
 benchmarks/results/hnms_e2e.json (one row per model and seed; with several seeds the table
 ends with the mean and standard deviation of each model's AP difference to the baseline of the
@@ -171,6 +172,15 @@ def record(args, table, cfg, weights, stage, model_name):
 
 RCNN_BASELINE = "Faster R-CNN, RPN + NMS@0.7 (baseline)"
 RETINA_BASELINE = "RetinaNet, NMS@0.5 (baseline)"
+RETINA_SOFT_BASELINE = "RetinaNet, Soft-NMS (baseline of App. C.3)"
+BASELINES = (RCNN_BASELINE, RETINA_BASELINE, RETINA_SOFT_BASELINE)
+
+
+def baseline_of(model):
+    """The baseline a model's AP is compared with (same detector and suppression)."""
+    if model.startswith("Faster"):
+        return RCNN_BASELINE
+    return RETINA_SOFT_BASELINE if "Soft-NMS" in model else RETINA_BASELINE
 
 
 def run_rcnn(args, table, seed):
@@ -209,6 +219,19 @@ def run_retina(args, table, seed):
         cfg = build_cfg(RETINA_HASH, "retina_baseline", args, seed, iters, *opts)
         name = f"RetinaNet, HNMS α=0.73 K={k} + NMS@0.5"
         record(args, table, cfg, w, [(hnms.retinanet, "nms_with_hash_prefilter")], name)
+    if not args.soft_nms:
+        return
+    # Appendix C.3: Soft-NMS (MODEL.HNMS.SOFT_NMS defaults) alone and after the pre-filter
+    soft = ("MODEL.HNMS.PREFILTER.SUPPRESSION", "soft_nms")
+    off = ("MODEL.HNMS.PREFILTER.ENABLED", "False")
+    cfg = build_cfg(RETINA_HASH, "retina_baseline", args, seed, iters, *soft, *off)
+    stage = [(hnms.retinanet, "batched_soft_nms")]
+    record(args, table, cfg, w, stage, RETINA_SOFT_BASELINE)
+    for k in args.retina_k:
+        opts = ("MODEL.HNMS.PREFILTER.NUM_HASHES", str(k))
+        cfg = build_cfg(RETINA_HASH, "retina_baseline", args, seed, iters, *soft, *opts)
+        name = f"RetinaNet, HNMS α=0.73 K={k} + Soft-NMS"
+        record(args, table, cfg, w, [(hnms.retinanet, "soft_nms_with_hash_prefilter")], name)
 
 
 def summarize(table):
@@ -218,8 +241,7 @@ def summarize(table):
         groups.setdefault((row["model"], row["iters"]), {})[row["seed"]] = row["AP"]
     out = []
     for (model, iters), by_seed in groups.items():
-        baseline = RCNN_BASELINE if model.startswith("Faster") else RETINA_BASELINE
-        base = groups.get((baseline, iters), {})
+        base = groups.get((baseline_of(model), iters), {})
         diffs = [ap - base[s] for s, ap in by_seed.items() if s in base]
         aps = list(by_seed.values())
         out.append(
@@ -243,17 +265,17 @@ def plot(table, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in summarize(table) if r["model"] not in (RCNN_BASELINE, RETINA_BASELINE)]
+    rows = [r for r in summarize(table) if r["model"] not in BASELINES]
     if not rows:
         return
     baselines = {
         (r["model"], r["iters"], r["seed"]): r["AP"]
         for r in table.values()
-        if r["model"] in (RCNN_BASELINE, RETINA_BASELINE)
+        if r["model"] in BASELINES
     }
     fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
     for y, r in enumerate(rows):
-        baseline = RCNN_BASELINE if r["model"].startswith("Faster") else RETINA_BASELINE
+        baseline = baseline_of(r["model"])
         diffs = [
             t["AP"] - baselines[(baseline, t["iters"], t["seed"])]
             for t in table.values()
@@ -294,6 +316,12 @@ def main():
     )
     parser.add_argument("--only", nargs="*", default=["rcnn", "retina"], help="rcnn retina")
     parser.add_argument("--retina-k", type=int, nargs="*", default=[1, 2])
+    parser.add_argument(
+        "--no-soft-nms",
+        dest="soft_nms",
+        action="store_false",
+        help="skip the RetinaNet Soft-NMS rows (Soft-NMS alone and after the pre-filter, App. C.3)",
+    )
     parser.add_argument("--test-set", default="synth_crowd_val")
     parser.add_argument(
         "--reuse",

@@ -1,7 +1,8 @@
 """Hashing-based NMS (HNMS, Wang et al., arXiv 2005.11426) for Detectron2.
 
-The op (:func:`iou_hash`, :func:`hnms`, :func:`batched_hnms`, :func:`iou_lower_bound`) needs only
-torch; it uses the compiled kernels ``hnms._C`` when built, the pure-torch reference otherwise.
+The op (:func:`iou_hash`, :func:`hnms`, :func:`batched_hnms`, :func:`iou_lower_bound`) and the
+Soft-NMS it pre-filters (:func:`soft_nms`, :func:`batched_soft_nms`, Appendix C.3) need only
+torch; they use the compiled kernels ``hnms._C`` when built, the pure-torch reference otherwise.
 With Detectron2 installed, importing this package also registers ``HashRPN`` (proposal
 generator), ``HashPrefilterRetinaNet`` (meta-architecture) and ``HashPrefilterROIHeads``.
 """
@@ -10,7 +11,8 @@ import importlib.util
 
 from .bound import alpha_for_iou, iou_lower_bound
 from .ops import INVALID_CODE, batched_hnms, hnms, iou_hash
-from .prefilter import nms_with_hash_prefilter
+from .prefilter import nms_with_hash_prefilter, soft_nms_with_hash_prefilter
+from .soft_nms import batched_soft_nms, soft_nms
 
 __all__ = [
     "INVALID_CODE",
@@ -20,6 +22,9 @@ __all__ = [
     "iou_hash",
     "iou_lower_bound",
     "nms_with_hash_prefilter",
+    "soft_nms",
+    "batched_soft_nms",
+    "soft_nms_with_hash_prefilter",
 ]
 
 if importlib.util.find_spec("detectron2") is not None:

@@ -36,6 +36,21 @@ def add_hnms_config(cfg):
     cfg.MODEL.HNMS.PREFILTER.ALPHA = 0.73
     # K of Eq. (16) for the pre-filter (Table 2: K = 1..4)
     cfg.MODEL.HNMS.PREFILTER.NUM_HASHES = 1
+    # HashPrefilterRetinaNet runs HNMS before its suppression; False runs the suppression alone
+    # (the baseline of Tables 2 and 4 with the same post-processing code)
+    cfg.MODEL.HNMS.PREFILTER.ENABLED = True
+    # The suppression after the pre-filter in HashPrefilterRetinaNet: "nms" (NMS at
+    # MODEL.RETINANET.NMS_THRESH_TEST, §4.3) or "soft_nms" (Appendix C.3, Table 4)
+    cfg.MODEL.HNMS.PREFILTER.SUPPRESSION = "nms"
+    # Soft-NMS (Bodla et al.): s_i <- s_i f(IoU(M, b_i)), used when SUPPRESSION = "soft_nms".
+    # The linear decay's N_t is MODEL.RETINANET.NMS_THRESH_TEST.
+    cfg.MODEL.HNMS.SOFT_NMS = CN()
+    # "gaussian": f = exp(-IoU^2 / σ); "linear": f = 1 - IoU if IoU >= N_t
+    cfg.MODEL.HNMS.SOFT_NMS.METHOD = "gaussian"
+    # σ of the Gaussian decay (Bodla et al.: 0.5)
+    cfg.MODEL.HNMS.SOFT_NMS.SIGMA = 0.5
+    # boxes whose decayed score falls below this are dropped (Bodla et al.: 0.001)
+    cfg.MODEL.HNMS.SOFT_NMS.SCORE_THRESH = 0.001
     # HashPrefilterROIHeads: pre-filter before the ROI heads' per-class NMS as well (the paper
     # leaves the ROI heads' NMS alone, §4.2, so off by default)
     cfg.MODEL.HNMS.ROI_HEADS_PREFILTER = False

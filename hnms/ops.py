@@ -128,16 +128,24 @@ def _check_num_hashes(num_hashes) -> int:
     return num_hashes
 
 
-def _check_backend(backend: str, device: torch.device) -> bool:
-    """Whether to use the compiled kernels."""
+def use_compiled_kernel(backend: str, device: torch.device, cuda_kernel: bool = True) -> bool:
+    """Whether to use the compiled kernel of ``hnms._C`` for ``device`` (``cuda_kernel``: the op
+    has a CUDA kernel too) rather than the pure-torch reference; raises for an unknown backend or
+    for ``backend="ext"`` without a usable kernel."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
     if backend == "torch":
         return False
     mod = _ext.load()
     usable = mod is not None and (
-        device.type == "cpu" or (device.type == "cuda" and bool(mod.compiled_with_cuda()))
+        device.type == "cpu"
+        or (cuda_kernel and device.type == "cuda" and bool(mod.compiled_with_cuda()))
     )
+    if backend == "ext" and not usable and device.type != "cpu" and not cuda_kernel:
+        raise RuntimeError(
+            f"backend='ext': this op has a compiled kernel for CPU only, not for {device.type}; "
+            "use backend='auto' or 'torch' (the pure-torch path runs on any device)"
+        )
     if backend == "ext" and not usable:
         raise RuntimeError(
             f"backend='ext' needs hnms._C built for {device.type}; build it with "
@@ -178,7 +186,7 @@ def iou_hash(
     h0 = _check_float(h0, "h0", 0.0)
     bx = _check_float(bx, "bx")
     by = _check_float(by, "by")
-    if _check_backend(backend, boxes.device):
+    if use_compiled_kernel(backend, boxes.device):
         return torch.ops.hnms.iou_hash(boxes, alpha, w0, h0, bx, by)
     return iou_hash_reference(boxes, hash_params(alpha, w0, h0, bx, by, 0, 1))[0]
 
@@ -196,7 +204,7 @@ def _hnms(boxes, scores, idxs, alpha, num_hashes, w0, h0, bx, by, backend):
     by = _check_float(by, "by")
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    if _check_backend(backend, boxes.device):
+    if use_compiled_kernel(backend, boxes.device):
         groups = idxs if idxs is not None else boxes.new_empty((0,), dtype=torch.int64)
         return torch.ops.hnms.hnms(boxes, scores, groups, alpha, num_hashes, w0, h0, bx, by)
     return hnms_reference(boxes, scores, idxs, alpha, num_hashes, w0, h0, bx, by)

@@ -1,5 +1,6 @@
 // Registers the HNMS operators as torch.ops.hnms.{iou_hash, hnms} with CPU (and, when compiled
 // with WITH_CUDA, CUDA) implementations; the dispatcher picks the kernel from the input's device.
+// torch.ops.hnms.soft_nms has a CPU kernel only (hnms/soft_nms.py runs other devices in torch).
 #include <torch/extension.h>
 
 #include "hnms.h"
@@ -19,11 +20,15 @@ TORCH_LIBRARY(hnms, m) {
   m.def(
       "hnms(Tensor boxes, Tensor scores, Tensor groups, float alpha, int num_hashes, float w0, "
       "float h0, float bx, float by) -> Tensor");
+  m.def(
+      "soft_nms(Tensor boxes, Tensor scores, Tensor groups, int method, float sigma, "
+      "float iou_threshold, float score_threshold) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(hnms, CPU, m) {
   m.impl("iou_hash", &iou_hash_cpu);
   m.impl("hnms", &hnms_cpu);
+  m.impl("soft_nms", &soft_nms_cpu);
 }
 
 #if defined(WITH_CUDA) || defined(WITH_HIP)

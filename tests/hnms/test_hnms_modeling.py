@@ -10,6 +10,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.modeling.roi_heads.fast_rcnn import (  # noqa: E402
     fast_rcnn_inference_single_image,
 )
+from detectron2.structures import Boxes  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from torchvision.ops import batched_nms, box_iou  # noqa: E402
 
@@ -37,6 +38,8 @@ def test_config_keys_and_defaults():
     assert (h.PREFILTER.ALPHA, h.PREFILTER.NUM_HASHES) == (0.73, 1)  # §4.3
     assert (h.W0, h.H0, h.BX, h.BY) == (1.0, 1.0, 0.0, 0.0)
     assert h.ROI_HEADS_PREFILTER is False
+    assert (h.PREFILTER.ENABLED, h.PREFILTER.SUPPRESSION) == (True, "nms")
+    assert (h.SOFT_NMS.METHOD, h.SOFT_NMS.SIGMA, h.SOFT_NMS.SCORE_THRESH) == ("gaussian", 0.5, 1e-3)
     paper = _cfg("configs/HNMS/hnms_faster_rcnn_R_50_FPN_1x.yaml")
     assert paper.MODEL.RPN.PRE_NMS_TOPK_TEST == 9000  # P1
     assert paper.MODEL.HNMS.RPN.POST_HNMS_TOPK_PER_LEVEL_TEST == 2000  # P2
@@ -44,6 +47,9 @@ def test_config_keys_and_defaults():
     retina = _cfg("configs/HNMS/hnms_retinanet_R_50_FPN_1x.yaml")
     assert retina.MODEL.META_ARCHITECTURE == "HashPrefilterRetinaNet"
     assert retina.MODEL.RETINANET.TOPK_CANDIDATES_TEST == 9000
+    soft = _cfg("configs/HNMS/hnms_retinanet_soft_nms_R_50_FPN_1x.yaml")  # Appendix C.3
+    assert soft.MODEL.HNMS.PREFILTER.SUPPRESSION == "soft_nms"
+    assert soft.MODEL.RETINANET.TOPK_CANDIDATES_TEST == 9000
 
 
 def test_topk_per_group():
@@ -187,3 +193,75 @@ def test_prefiltered_retinanet_matches_retinanet_without_merges():
     with torch.no_grad():
         coarse = model(image)[0]["instances"]
     assert 0 < len(coarse) <= len(ref)
+
+
+def test_retinanet_soft_nms_with_and_without_prefilter(monkeypatch):
+    path = f"{QUICK}/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
+    opts = (
+        "MODEL.RETINANET.SCORE_THRESH_TEST",
+        "0.0",
+        "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+        "200",
+        "MODEL.HNMS.PREFILTER.SUPPRESSION",
+        "soft_nms",
+        "TEST.DETECTIONS_PER_IMAGE",
+        "50",
+    )
+    torch.manual_seed(0)
+    alone = build_model(_cfg(path, *opts, "MODEL.HNMS.PREFILTER.ENABLED", "False")).eval()
+    assert (alone.suppression, alone.prefilter) == ("soft_nms", False)
+    assert alone.soft_nms_args == dict(
+        method="gaussian", sigma=0.5, iou_threshold=0.5, score_threshold=0.001
+    )
+    calls = []
+
+    def recording_soft_nms(boxes, scores, classes, **kwargs):
+        out = hnms.batched_soft_nms(boxes, scores, classes, **kwargs)
+        calls.append((boxes, out))
+        return out
+
+    monkeypatch.setattr(hnms.retinanet, "batched_soft_nms", recording_soft_nms)
+    image = [{"image": torch.rand(3, 128, 128) * 255}]
+    with torch.no_grad():
+        ours = alone(image)[0]["instances"]
+    ((boxes, (keep, new_scores)),) = calls
+    # capped at TEST.DETECTIONS_PER_IMAGE; detectron2's postprocess then clips the boxes to the
+    # image and drops the empty ones
+    assert len(keep) > 50
+    top = Boxes(boxes[keep[:50]].clone())
+    top.clip((128, 128))
+    nonempty = top.nonempty()
+    assert 0 < len(ours) == int(nonempty.sum())
+    assert torch.equal(ours.scores, new_scores[:50][nonempty])  # Soft-NMS's decayed scores
+    assert torch.equal(ours.pred_boxes.tensor, top.tensor[nonempty])
+
+    # With tiny cells (α → 1) the pre-filter removes nothing: the same detections.
+    prefiltered = build_model(_cfg(path, *opts, "MODEL.HNMS.PREFILTER.ALPHA", "0.9999")).eval()
+    prefiltered.load_state_dict(alone.state_dict())
+    assert prefiltered.prefilter
+    with torch.no_grad():
+        same = prefiltered(image)[0]["instances"]
+    assert torch.equal(same.pred_boxes.tensor, ours.pred_boxes.tensor)
+    assert torch.equal(same.scores, ours.scores)
+
+    # NMS without the pre-filter is detectron2's RetinaNet post-processing.
+    nms_alone = build_model(_cfg(path, *opts[:4], "MODEL.HNMS.PREFILTER.ENABLED", "False")).eval()
+    base = build_model(_cfg(path, *opts[:4], "MODEL.META_ARCHITECTURE", "RetinaNet")).eval()
+    nms_alone.load_state_dict(alone.state_dict())
+    base.load_state_dict(alone.state_dict())
+    with torch.no_grad():
+        a, b = nms_alone(image)[0]["instances"], base(image)[0]["instances"]
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("MODEL.HNMS.PREFILTER.SUPPRESSION", "softnms", r"MODEL.HNMS.PREFILTER.SUPPRESSION"),
+        ("MODEL.HNMS.SOFT_NMS.METHOD", "hard", r"MODEL.HNMS.SOFT_NMS.METHOD"),
+    ],
+)
+def test_retinanet_bad_suppression_keys(key, value, message):
+    path = f"{QUICK}/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
+    with pytest.raises(ValueError, match=message):
+        build_model(_cfg(path, key, value))
