@@ -6,6 +6,10 @@ random order. Times are the median CPU time of this process (``--clock wall`` fo
 which a shared machine disturbs less than wall time. Prints a table (ms, ns/box, speed-up over
 torchvision NMS) and writes benchmarks/results/hnms_speed.{json,png} (log-log plot).
 
+A second table (N <= ``--prefilter-max-n``, 9K by default) times HNMS as a pre-filter (α = 0.73,
+§4.3 and Appendix C.3) on the same boxes: NMS@0.5 and Gaussian Soft-NMS alone vs after the
+pre-filter, with the share of boxes the pre-filter removes.
+
     OMP_NUM_THREADS=1 python benchmarks/hnms_speed.py            # full (about 2 min)
     python benchmarks/hnms_speed.py --quick                       # 1K and 3K only
 """
@@ -69,11 +73,62 @@ def methods(has_ext: bool):
     return m
 
 
+def prefilter_methods():
+    """(suppression alone, HNMS α = 0.73 + the suppression) pairs, per class (5 here)."""
+
+    def soft(b, s, c):
+        return hnms.batched_soft_nms(b, s, c, "gaussian", 0.5)[0]
+
+    def nms(b, s, c):
+        return torchvision.ops.batched_nms(b, s, c, 0.5)
+
+    def prefiltered(suppress):
+        def run(b, s, c):
+            pre = hnms.batched_hnms(b, s, c, 0.73, 1)
+            return pre[suppress(b[pre], s[pre], c[pre])]
+
+        return run
+
+    return {"NMS@0.5": (nms, prefiltered(nms)), "Soft-NMS": (soft, prefiltered(soft))}
+
+
+def run_prefilter(sizes, budget, clock):
+    """Time each suppression alone and after the pre-filter; print a table; return the rows."""
+    rows = {}
+    for n in sizes:
+        boxes, scores, classes = crowd(n)
+        removed = 1 - len(hnms.batched_hnms(boxes, scores, classes, 0.73, 1)) / n
+        inputs = (boxes, scores, classes)
+        for name, (alone, pre) in prefilter_methods().items():
+            t_alone, _ = timeit(lambda fn=alone, x=inputs: fn(*x), budget, clock)
+            t_pre, _ = timeit(lambda fn=pre, x=inputs: fn(*x), budget, clock)
+            rows.setdefault(name, {})[n] = {
+                "alone_ms": t_alone * 1e3,
+                "prefiltered_ms": t_pre * 1e3,
+                "removed": removed,
+            }
+    print("\nHNMS α=0.73 K=1 as a pre-filter (per class, 5 classes): suppression alone vs after it")
+    print("| suppression | N | removed by HNMS | alone ms | HNMS + suppression ms | speed-up |")
+    print("|---|---|---|---|---|---|")
+    for name, row in rows.items():
+        for n, r in row.items():
+            speedup = r["alone_ms"] / r["prefiltered_ms"]
+            print(f"| {name} | {n} | {r['removed']:.0%} | {r['alone_ms']:.2f} | "
+                  f"{r['prefiltered_ms']:.2f} | {speedup:.1f}x |")  # fmt: skip
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 1K, 3K only")
     parser.add_argument("--sizes", type=int, nargs="*", default=[1000, 3000, 9000, 30000, 100000])
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument(
+        "--prefilter-max-n",
+        type=int,
+        default=9000,
+        help="largest N of the pre-filter table (Soft-NMS is O(N^2)); 0 skips the table",
+    )
     parser.add_argument(
         "--clock",
         choices=["cpu", "wall"],
@@ -108,11 +163,15 @@ def main():
     for name, row in table.items():
         cells = [f"{row[n]['ms']:.2f} ({row[n]['ns_per_box']:.0f})" for n in sizes]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    prefilter = {}
+    if has_ext and args.prefilter_max_n > 0:
+        pre_sizes = [n for n in sizes if n <= args.prefilter_max_n]
+        prefilter = run_prefilter(pre_sizes, args.budget, clock)
     os.makedirs(RESULTS, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     with open(os.path.join(RESULTS, f"hnms_speed{suffix}.json"), "w") as f:
         meta = {"sizes": sizes, "threads": torch.get_num_threads(), "clock": args.clock}
-        json.dump({**meta, "table": table}, f, indent=1)
+        json.dump({**meta, "table": table, "prefilter": prefilter}, f, indent=1)
     try:
         import matplotlib
 

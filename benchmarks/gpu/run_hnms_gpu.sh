@@ -17,5 +17,5 @@ FORCE_CUDA=1 "$PY" setup.py build_ext --inplace 2>&1 | tail -n 3
 "$PY" -c "import hnms; assert hnms._ext.has_cuda_kernels(), 'built without CUDA'; print('hnms._C with CUDA')"
 # --confcutdir: only tests/hnms/conftest.py (the repository's conftest needs detectron2)
 "$PY" -m pytest -q -p no:cacheprovider --confcutdir=tests/hnms \
-  tests/hnms/test_hnms_op.py tests/hnms/test_hnms_cuda.py 2>&1 | tee "$OUT/hnms_gpu_tests.log" | tail -n 15
+  tests/hnms/test_hnms_op.py tests/hnms/test_hnms_cuda.py tests/hnms/test_soft_nms.py 2>&1 | tee "$OUT/hnms_gpu_tests.log" | tail -n 15
 "$PY" benchmarks/gpu/hnms_gpu_speed.py --out "$OUT"
