@@ -4,6 +4,8 @@ the HNMS pre-filter, with the same seed, data and schedule (synthetic data, not 
     python benchmarks/hnms_e2e.py [--iters 300] [--only rcnn retina] [--reuse]
     python benchmarks/hnms_e2e.py --only rcnn --seeds 42 1 2 --rpn-k 1 2 --reuse
     python benchmarks/hnms_e2e.py --only retina --reuse          # RetinaNet: 1200 iterations
+    python benchmarks/hnms_e2e.py --only retina --retina-iters 3000 --retina-k 1 2 4 \
+        --retina-alpha 0.73 0.5 0.4 0.3 --repeat 5 --threads 1 --reuse   # README's RetinaNet table
     python benchmarks/hnms_e2e.py --quick          # smoke run: 4 iterations, 8 images
 
 Faster R-CNN: the baseline and the HashRPN model are trained one after the other (same seed and
@@ -13,10 +15,12 @@ with detectron2's post-processing and with the HNMS pre-filter (it only changes 
 with Soft-NMS alone and after the pre-filter (Appendix C.3; each compared with Soft-NMS alone).
 Reported: box AP / AP50 on synth_crowd_val and the time of the suppression stage per image
 (RPN: the NMS / HNMS call over all levels; RetinaNet: (HNMS +) NMS or Soft-NMS, and the whole
-post-processing), measured during evaluation, single thread. Writes
+post-processing), measured during evaluation (median of ``--repeat`` evaluations). Writes
 benchmarks/results/hnms_e2e.json (one row per model and seed; with several seeds the table
 ends with the mean and standard deviation of each model's AP difference to the baseline of the
-same seed); checkpoints go to output/hnms_e2e/<run>_s<seed>_it<iters>/.
+same seed), hnms_e2e.png (those differences) and hnms_e2e_retina.png (RetinaNet AP vs
+post-processing time for every pre-filter α, K); checkpoints go to
+output/hnms_e2e/<run>_s<seed>_it<iters>/.
 """
 
 import argparse
@@ -164,10 +168,23 @@ def row_key(model_name, seed, iters):
 
 
 def record(args, table, cfg, weights, stage, model_name):
+    """Evaluate ``args.repeat`` times (the AP is the same every time); times are the median over
+    the repeats (robust to a run disturbed by another process), with every repeat's value in
+    ``*_runs`` and their standard deviation in ``*_std`` fields."""
     key = row_key(model_name, cfg.SEED, cfg.SOLVER.MAX_ITER)
-    if not (args.reuse and key in table):
-        table[key] = evaluate(cfg, weights, stage, model_name)
-        save(args, table)
+    if args.reuse and key in table:
+        return
+    runs = [evaluate(cfg, weights, stage, model_name) for _ in range(max(1, args.repeat))]
+    row = dict(runs[0])
+    for field in [f for f, v in row.items() if f.endswith("_ms_per_call") or f.endswith("_image")]:
+        values = [r[field] for r in runs]
+        row[field] = statistics.median(values)
+        if len(values) > 1:
+            row[field + "_std"] = statistics.stdev(values)
+            row[field + "_runs"] = values
+    row["repeats"] = len(runs)
+    table[key] = row
+    save(args, table)
 
 
 RCNN_BASELINE = "Faster R-CNN, RPN + NMS@0.7 (baseline)"
@@ -214,10 +231,11 @@ def run_retina(args, table, seed):
     base_cfg = build_cfg(RETINA_BASE, "retina_baseline", args, seed, iters)
     w = train(base_cfg, args)
     record(args, table, base_cfg, w, [(d2_retinanet, "batched_nms")], RETINA_BASELINE)
-    for k in args.retina_k:
-        opts = ("MODEL.HNMS.PREFILTER.NUM_HASHES", str(k))
+    prefilters = [(a, k) for a in args.retina_alpha for k in args.retina_k]
+    for a, k in prefilters:
+        opts = ("MODEL.HNMS.PREFILTER.NUM_HASHES", str(k), "MODEL.HNMS.PREFILTER.ALPHA", str(a))
         cfg = build_cfg(RETINA_HASH, "retina_baseline", args, seed, iters, *opts)
-        name = f"RetinaNet, HNMS α=0.73 K={k} + NMS@0.5"
+        name = f"RetinaNet, HNMS α={a} K={k} + NMS@0.5"
         record(args, table, cfg, w, [(hnms.retinanet, "nms_with_hash_prefilter")], name)
     if not args.soft_nms:
         return
@@ -227,10 +245,10 @@ def run_retina(args, table, seed):
     cfg = build_cfg(RETINA_HASH, "retina_baseline", args, seed, iters, *soft, *off)
     stage = [(hnms.retinanet, "batched_soft_nms")]
     record(args, table, cfg, w, stage, RETINA_SOFT_BASELINE)
-    for k in args.retina_k:
-        opts = ("MODEL.HNMS.PREFILTER.NUM_HASHES", str(k))
+    for a, k in prefilters:
+        opts = ("MODEL.HNMS.PREFILTER.NUM_HASHES", str(k), "MODEL.HNMS.PREFILTER.ALPHA", str(a))
         cfg = build_cfg(RETINA_HASH, "retina_baseline", args, seed, iters, *soft, *opts)
-        name = f"RetinaNet, HNMS α=0.73 K={k} + Soft-NMS"
+        name = f"RetinaNet, HNMS α={a} K={k} + Soft-NMS"
         record(args, table, cfg, w, [(hnms.retinanet, "soft_nms_with_hash_prefilter")], name)
 
 
@@ -296,6 +314,41 @@ def plot(table, path):
     print(f"wrote {path}")
 
 
+def plot_retina_tradeoff(table, path):
+    """AP vs post-processing time of the RetinaNet rows of the schedule with the most of them,
+    NMS and Soft-NMS, labelled with the pre-filter's α and K (as the paper's Figs. 6 and 9)."""
+    import re
+    from collections import Counter
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in table.values() if r["model"].startswith("RetinaNet")]
+    if not rows:
+        return
+    (seed, iters), _ = Counter((r["seed"], r["iters"]) for r in rows).most_common(1)[0]
+    rows = [r for r in rows if (r["seed"], r["iters"]) == (seed, iters)]
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for suppression, color in (("NMS@0.5", "tab:blue"), ("Soft-NMS", "tab:orange")):
+        for r in [r for r in rows if suppression in r["model"]]:
+            x, y = r["postprocess_ms_per_image"], r["AP"]
+            found = re.search(r"α=([0-9.]+) K=(\d+)", r["model"])
+            label = f"α={found.group(1)} K={found.group(2)}" if found else "alone"
+            ax.scatter([x], [y], color=color, marker="o" if found else "*", s=40 if found else 160)
+            ax.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.scatter([], [], color=color, label=f"HNMS + {suppression} (star: {suppression} alone)")
+    ax.set_xlabel("post-processing ms per image (CPU, one thread)")
+    ax.set_ylabel("box AP on synth_crowd_val")
+    ax.set_title(f"RetinaNet R-18-FPN on synth_crowd ({iters} it, seed {seed}): HNMS pre-filter")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=300, help="training iterations")
@@ -317,6 +370,13 @@ def main():
     parser.add_argument("--only", nargs="*", default=["rcnn", "retina"], help="rcnn retina")
     parser.add_argument("--retina-k", type=int, nargs="*", default=[1, 2])
     parser.add_argument(
+        "--retina-alpha",
+        type=float,
+        nargs="*",
+        default=[0.73],
+        help="α of the RetinaNet pre-filter (§4.3: 0.73; smaller α: coarser cells, Fig. 4)",
+    )
+    parser.add_argument(
         "--no-soft-nms",
         dest="soft_nms",
         action="store_false",
@@ -335,6 +395,12 @@ def main():
         help="skip training a Faster R-CNN with HashRPN (only swap it in at test time)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="evaluations per model; times are their median (std and every run in the results)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.iters, args.retina_iters, args.test_set = 4, 4, "synth_crowd_val_mini"
@@ -352,12 +418,18 @@ def main():
             run_retina(args, table, seed)
     table = save(args, table)
     plot(table, results_path(args)[: -len(".json")] + ".png")
+    plot_retina_tradeoff(table, results_path(args)[: -len(".json")] + "_retina.png")
     print("\n| model | AP | AP50 | suppression ms/image | post-processing ms/image |")
     print("|---|---|---|---|---|")
+
+    def ms(row, field):
+        std = row.get(field + "_std")
+        return f"{row.get(field, float('nan')):.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
     for name, row in table.items():
-        stage = [v for k, v in row.items() if k.endswith("_ms_per_call")]
-        post = row.get("postprocess_ms_per_image", float("nan"))
-        print(f"| {name} | {row['AP']:.2f} | {row['AP50']:.2f} | {stage[0]:.2f} | {post:.2f} |")
+        stage = next(k for k in row if k.endswith("_ms_per_call"))
+        post = ms(row, "postprocess_ms_per_image")
+        print(f"| {name} | {row['AP']:.2f} | {row['AP50']:.2f} | {ms(row, stage)} | {post} |")
     print("\n| model | iters | seeds | AP mean ± std | AP - baseline (same seed), mean ± std |")
     print("|---|---|---|---|---|")
     for r in summarize(table):

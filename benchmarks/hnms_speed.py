@@ -6,9 +6,10 @@ random order. Times are the median CPU time of this process (``--clock wall`` fo
 which a shared machine disturbs less than wall time. Prints a table (ms, ns/box, speed-up over
 torchvision NMS) and writes benchmarks/results/hnms_speed.{json,png} (log-log plot).
 
-A second table (N <= ``--prefilter-max-n``, 9K by default) times HNMS as a pre-filter (α = 0.73,
-§4.3 and Appendix C.3) on the same boxes: NMS@0.5 and Gaussian Soft-NMS alone vs after the
-pre-filter, with the share of boxes the pre-filter removes.
+A second table (N <= ``--prefilter-max-n``, 9K by default; hnms_prefilter_speed.json) times
+HNMS as a pre-filter (α = 0.73, §4.3 and Appendix C.3) on the same boxes, 5 classes: NMS@0.5
+and Gaussian Soft-NMS alone vs after the pre-filter, with the share of boxes it removes.
+``--tables op`` or ``--tables prefilter`` runs one of the two.
 
     OMP_NUM_THREADS=1 python benchmarks/hnms_speed.py            # full (about 2 min)
     python benchmarks/hnms_speed.py --quick                       # 1K and 3K only
@@ -135,11 +136,33 @@ def main():
         default="cpu",
         help="cpu: CPU time of this process (default; robust on a shared machine), wall: wall time",
     )
+    parser.add_argument(
+        "--tables",
+        nargs="*",
+        choices=["op", "prefilter"],
+        default=["op", "prefilter"],
+        help="op: HNMS vs NMS (hnms_speed.json, .png); prefilter: the pre-filter table "
+        "(hnms_prefilter_speed.json)",
+    )
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     sizes = [1000, 3000] if args.quick else args.sizes
     torch.set_num_threads(1)
     has_ext = hnms._ext.load() is not None
+    os.makedirs(RESULTS, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    meta = {"threads": torch.get_num_threads(), "clock": args.clock}
+    if has_ext and args.prefilter_max_n > 0 and "prefilter" in args.tables:
+        pre_sizes = [n for n in sizes if n <= args.prefilter_max_n]
+        prefilter = run_prefilter(pre_sizes, args.budget, clock)
+        with open(os.path.join(RESULTS, f"hnms_prefilter_speed{suffix}.json"), "w") as f:
+            json.dump({**meta, "sizes": pre_sizes, "table": prefilter}, f, indent=1)
+    if "op" in args.tables:
+        run_op_table(args, sizes, clock, has_ext, suffix, meta)
+
+
+def run_op_table(args, sizes, clock, has_ext, suffix, meta):
+    """HNMS vs torchvision / detectron2 NMS: tables, hnms_speed.json and the log-log plot."""
     table = {}
     for n in sizes:
         boxes, scores, levels = crowd(n)
@@ -163,15 +186,8 @@ def main():
     for name, row in table.items():
         cells = [f"{row[n]['ms']:.2f} ({row[n]['ns_per_box']:.0f})" for n in sizes]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    prefilter = {}
-    if has_ext and args.prefilter_max_n > 0:
-        pre_sizes = [n for n in sizes if n <= args.prefilter_max_n]
-        prefilter = run_prefilter(pre_sizes, args.budget, clock)
-    os.makedirs(RESULTS, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
     with open(os.path.join(RESULTS, f"hnms_speed{suffix}.json"), "w") as f:
-        meta = {"sizes": sizes, "threads": torch.get_num_threads(), "clock": args.clock}
-        json.dump({**meta, "table": table, "prefilter": prefilter}, f, indent=1)
+        json.dump({**meta, "sizes": sizes, "table": table}, f, indent=1)
     try:
         import matplotlib
 
