@@ -25,6 +25,8 @@ def test_import_and_run_without_compiled_kernels():
         print("keep", hnms.hnms(boxes, scores, 0.7).tolist())
         print("keep", hnms.batched_hnms(boxes, scores, torch.tensor([0, 1, 0]), 0.7).tolist())
         print("codes", hnms.iou_hash(boxes, 0.7).shape)
+        keep, new = hnms.soft_nms(boxes, scores, "linear", iou_threshold=0.5)
+        print("soft", keep.tolist(), [round(s, 3) for s in new.tolist()])
         print("has_c", hnms._ext.load() is not None, "hnms._C" in sys.modules)
         """
     )
@@ -36,6 +38,8 @@ def test_import_and_run_without_compiled_kernels():
         "keep [1, 2]",
         "keep [1, 0, 2]",
         "codes torch.Size([3, 4])",
+        # box 0 has IoU 98 / 102 = 0.961 with box 1: its score decays to 0.5 (1 - 0.961) = 0.020
+        "soft [1, 2, 0] [0.9, 0.3, 0.02]",
         "has_c False False",
     ]
     assert out.stderr.count("hnms._C is not built") == 1
