@@ -141,12 +141,13 @@ def use_compiled_kernel(backend: str, device: torch.device, cuda_kernel: bool = 
         device.type == "cpu"
         or (cuda_kernel and device.type == "cuda" and bool(mod.compiled_with_cuda()))
     )
-    if backend == "ext" and not usable and device.type != "cpu" and not cuda_kernel:
-        raise RuntimeError(
-            f"backend='ext': this op has a compiled kernel for CPU only, not for {device.type}; "
-            "use backend='auto' or 'torch' (the pure-torch path runs on any device)"
-        )
     if backend == "ext" and not usable:
+        if device.type != "cpu" and not cuda_kernel:
+            raise RuntimeError(
+                f"backend='ext': this op has a compiled kernel for CPU only, not for "
+                f"{device.type}; use backend='auto' or 'torch' (the pure-torch path runs on any "
+                "device)"
+            )
         raise RuntimeError(
             f"backend='ext' needs hnms._C built for {device.type}; build it with "
             "`pip install --no-build-isolation -e .` (FORCE_CUDA=1 for CUDA) or use backend='auto'"

@@ -19,6 +19,14 @@ from hnms.roi_heads import hash_prefiltered_detections  # noqa: E402
 from hnms.rpn import find_top_hash_proposals, topk_per_group  # noqa: E402
 
 QUICK = "configs/HNMS/quick_schedules"
+RETINA = f"{QUICK}/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
+# every candidate kept before the suppression, at most 200 per level: fast, non-empty outputs
+RETINA_SMALL = (
+    "MODEL.RETINANET.SCORE_THRESH_TEST",
+    "0.0",
+    "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
+    "200",
+)
 
 
 def _cfg(path, *opts):
@@ -171,13 +179,7 @@ def test_roi_heads_prefilter_switch():
 
 
 def test_prefiltered_retinanet_matches_retinanet_without_merges():
-    path = f"{QUICK}/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
-    opts = (
-        "MODEL.RETINANET.SCORE_THRESH_TEST",
-        "0.0",
-        "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
-        "200",
-    )
+    path, opts = RETINA, RETINA_SMALL
     torch.manual_seed(0)
     model = build_model(_cfg(path, *opts, "MODEL.HNMS.PREFILTER.ALPHA", "0.9999")).eval()
     assert type(model).__name__ == "HashPrefilterRetinaNet"
@@ -196,12 +198,9 @@ def test_prefiltered_retinanet_matches_retinanet_without_merges():
 
 
 def test_retinanet_soft_nms_with_and_without_prefilter(monkeypatch):
-    path = f"{QUICK}/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
+    path = RETINA
     opts = (
-        "MODEL.RETINANET.SCORE_THRESH_TEST",
-        "0.0",
-        "MODEL.RETINANET.TOPK_CANDIDATES_TEST",
-        "200",
+        *RETINA_SMALL,
         "MODEL.HNMS.PREFILTER.SUPPRESSION",
         "soft_nms",
         "TEST.DETECTIONS_PER_IMAGE",
@@ -245,8 +244,9 @@ def test_retinanet_soft_nms_with_and_without_prefilter(monkeypatch):
     assert torch.equal(same.scores, ours.scores)
 
     # NMS without the pre-filter is detectron2's RetinaNet post-processing.
-    nms_alone = build_model(_cfg(path, *opts[:4], "MODEL.HNMS.PREFILTER.ENABLED", "False")).eval()
-    base = build_model(_cfg(path, *opts[:4], "MODEL.META_ARCHITECTURE", "RetinaNet")).eval()
+    small = RETINA_SMALL
+    nms_alone = build_model(_cfg(path, *small, "MODEL.HNMS.PREFILTER.ENABLED", "False")).eval()
+    base = build_model(_cfg(path, *small, "MODEL.META_ARCHITECTURE", "RetinaNet")).eval()
     nms_alone.load_state_dict(alone.state_dict())
     base.load_state_dict(alone.state_dict())
     with torch.no_grad():
@@ -262,6 +262,5 @@ def test_retinanet_soft_nms_with_and_without_prefilter(monkeypatch):
     ],
 )
 def test_retinanet_bad_suppression_keys(key, value, message):
-    path = f"{QUICK}/hnms_retinanet_R_18_FPN_quick_synth_crowd.yaml"
     with pytest.raises(ValueError, match=message):
-        build_model(_cfg(path, key, value))
+        build_model(_cfg(RETINA, key, value))
