@@ -8,6 +8,7 @@ import pytest
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
+from d2kit.config import add_d2kit_config
 from d2kit.paths import CONFIGS_ROOT
 
 PAPER_PACKAGES = ["hnms", "overlap_sampler", "noisy_anchors", "rank_nms", "ref_nms"]
@@ -16,7 +17,7 @@ QUICK_CONFIGS = [p for p in ALL_CONFIGS if "quick_schedules" in p]
 
 
 def _config_fns():
-    fns = []
+    fns = [add_d2kit_config]
     for name in PAPER_PACKAGES:
         if importlib.util.find_spec(name) is None:
             continue

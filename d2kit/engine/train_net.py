@@ -36,6 +36,7 @@ from detectron2.utils import comm
 
 import d2kit  # noqa: F401  (registers the datasets)
 
+from ..config import add_d2kit_config
 from ..paths import resolve_config_file
 from .trainer import Trainer
 
@@ -48,11 +49,13 @@ RESULTS_FILE = "final_results.json"
 
 
 def setup(args, config_fns: Iterable[Callable] = ()):
-    """Build the frozen config: defaults, each project's keys, the YAML, then ``args.opts``.
+    """Build the frozen config: defaults, the shared keys (:func:`d2kit.config.add_d2kit_config`),
+    each project's keys, the YAML, then ``args.opts``.
 
     A config that asks for CUDA on a machine without a GPU runs on the CPU (with a warning).
     """
     cfg = get_cfg()
+    add_d2kit_config(cfg)
     for add_config in config_fns:
         add_config(cfg)
     # resolved in place: default_setup logs and copies args.config_file

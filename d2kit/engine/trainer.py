@@ -10,9 +10,10 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
-from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
+
+from ..evaluation import DEFAULT_AP_IOUS, COCOEvaluatorAtIoUs
 
 __all__ = ["Trainer", "ddp_device_ids"]
 
@@ -28,7 +29,8 @@ def ddp_device_ids(model: torch.nn.Module) -> list[int] | None:
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with COCOEvaluator on every test set and CPU-safe DDP.
+    """``DefaultTrainer`` with COCO evaluation (plus AP at ``TEST.AP_AT_IOUS``) on every test set
+    and CPU-safe DDP.
 
     Everything else (periodic checkpoints every ``SOLVER.CHECKPOINT_PERIOD``, ``resume_or_load``,
     evaluation every ``TEST.EVAL_PERIOD`` and after training, metric writers) is detectron2's.
@@ -67,4 +69,5 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        ap_ious = cfg.TEST.get("AP_AT_IOUS", DEFAULT_AP_IOUS)
+        return COCOEvaluatorAtIoUs(dataset_name, output_dir=output_folder, ap_ious=ap_ious)

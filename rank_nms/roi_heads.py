@@ -1,0 +1,123 @@
+"""``RankNMSROIHeads`` (Faster / Mask R-CNN) and ``CascadeRankNMSROIHeads`` (Cascade R-CNN).
+
+Both are thin adapters: the ranking subnetwork, its loss and the fused-score inference live in
+:class:`~rank_nms.predictor.RankNMSOutputLayers`; the heads only swap the box predictor (of the
+last stage, for Cascade) and make the box head also hand over the RoIAlign features it read.
+"""
+
+from __future__ import annotations
+
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.roi_heads import (
+    ROI_HEADS_REGISTRY,
+    CascadeROIHeads,
+    StandardROIHeads,
+)
+
+from .inference import rank_nms_inference
+from .predictor import RankNMSOutputLayers, also_return_pooled_features
+
+__all__ = ["RankNMSROIHeads", "CascadeRankNMSROIHeads"]
+
+
+def _pooled_shape(cfg, input_shape) -> ShapeSpec:
+    """The RoIAlign output shape of the box branch (what the box head and R(·) read)."""
+    channels = {input_shape[f].channels for f in cfg.MODEL.ROI_HEADS.IN_FEATURES}
+    if len(channels) != 1:
+        raise ValueError(f"ROI_HEADS.IN_FEATURES must have equal channel counts, got {channels}")
+    res = cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+    return ShapeSpec(channels=channels.pop(), height=res, width=res)
+
+
+@ROI_HEADS_REGISTRY.register()
+class RankNMSROIHeads(StandardROIHeads):
+    """``StandardROIHeads`` with the Rank-NMS subnetwork (Tan et al., ICCV 2019).
+
+    Training adds ``loss_rank`` (Eq. (2) over Algorithm 1's pairs) to the box losses, computed on
+    the sampled RoIs of ``label_and_sample_proposals`` (``MODEL.RANK_NMS.TRAIN_ON``). At test
+    time the box predictor suppresses per class by the fused score s = β·s_r + (1 − β)·s_c
+    (Eq. (4)); with ``MASK_ON`` the masks are predicted on the survivors, as in Detectron2.
+    Everything else (proposal sampling, box/mask heads) is Detectron2's.
+    """
+
+    @configurable
+    def __init__(self, **kwargs):
+        """Arguments of ``StandardROIHeads``; ``box_predictor`` must be a
+        :class:`~rank_nms.predictor.RankNMSOutputLayers`."""
+        super().__init__(**kwargs)
+        _check_predictor(self.box_predictor, "box_predictor")
+        self.box_head.register_forward_hook(also_return_pooled_features)
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = RankNMSOutputLayers(
+            cfg, ret["box_head"].output_shape, pooled_shape=_pooled_shape(cfg, input_shape)
+        )
+        return ret
+
+
+@ROI_HEADS_REGISTRY.register()
+class CascadeRankNMSROIHeads(CascadeROIHeads):
+    """``CascadeROIHeads`` with the Rank-NMS subnetwork on the last stage.
+
+    The paper does not say where the ranking head sits in Cascade R-CNN; it is on the last stage
+    here, trained on that stage's relabelled RoIs (IoU with the ground truth of the boxes
+    regressed by stage 2), and at test time it scores the RoIs whose class probabilities are
+    averaged over the stages and whose boxes the last stage regresses, as in Detectron2. The
+    paper's footnote sets the positive fraction of each stage to 0.5
+    (``ROI_HEADS.POSITIVE_FRACTION: 0.5`` in ``configs/RankNMS/``).
+    """
+
+    @configurable
+    def __init__(self, **kwargs):
+        """Arguments of ``CascadeROIHeads``; the last of ``box_predictors`` must be a
+        :class:`~rank_nms.predictor.RankNMSOutputLayers`."""
+        super().__init__(**kwargs)
+        _check_predictor(self.box_predictor[-1], "box_predictors[-1]")
+        self.box_head[-1].register_forward_hook(also_return_pooled_features)
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        last = ret["box_predictors"][-1]
+        ret["box_predictors"][-1] = RankNMSOutputLayers(
+            cfg,
+            ret["box_heads"][-1].output_shape,
+            pooled_shape=_pooled_shape(cfg, input_shape),
+            box2box_transform=last.box2box_transform,
+        )
+        return ret
+
+    def _forward_box(self, features, proposals, targets=None):
+        if self.training:  # losses: per stage, as in CascadeROIHeads (loss_rank_stage2)
+            return super()._forward_box(features, proposals, targets)
+        # Test: the stages run as in CascadeROIHeads; only the final suppression differs (the
+        # parent calls fast_rcnn_inference directly, so this path has no narrower hook).
+        features = [features[f] for f in self.box_in_features]
+        image_sizes = [x.image_size for x in proposals]
+        probs_per_stage, boxes = [], None
+        for k in range(self.num_cascade_stages):
+            if k > 0:
+                proposals = self._create_proposals_from_boxes(boxes, image_sizes)
+            predictions = self._run_stage(features, proposals, k)
+            boxes = self.box_predictor[k].predict_boxes(predictions, proposals)
+            probs_per_stage.append(self.box_predictor[k].predict_probs(predictions, proposals))
+        # The same averaging arithmetic as CascadeROIHeads, so that β = 0 matches it exactly.
+        probs = [
+            sum(list(per_image)) * (1.0 / self.num_cascade_stages)
+            for per_image in zip(*probs_per_stage)
+        ]
+        rank = predictions[2].split([len(p) for p in proposals])
+        params = self.box_predictor[-1].inference_params()
+        pred_instances, _ = rank_nms_inference(boxes, probs, rank, image_sizes, params)
+        return pred_instances
+
+
+def _check_predictor(predictor, name: str) -> None:
+    if not isinstance(predictor, RankNMSOutputLayers):
+        raise TypeError(
+            f"{name} must be a rank_nms.RankNMSOutputLayers (the Rank-NMS heads need its "
+            f"ranking subnetwork), got {type(predictor).__name__}"
+        )
