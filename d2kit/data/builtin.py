@@ -11,7 +11,18 @@ Registered names (all COCO-style, ``evaluator_type="coco"``):
 ``synth_crowd_val_mini``    the first 8 images of ``synth_crowd_val``
 =========================  ===================================================================
 
-Files are generated on first use (see :mod:`d2kit.data.synthetic`).
+Referring-expression datasets (RefCOCO layout, read by :func:`d2kit.data.load_refcoco`,
+``evaluator_type="refcoco"``; dicts carry a ``refs`` list):
+
+=========================  ===================================================================
+``synth_referring_train``   400 scenes of 3-6 shapes, 1-3 refs each, 2-3 sentences per ref
+``synth_referring_val``     60 held-out scenes, refs to any class
+``synth_referring_testA``   60 scenes whose refs all refer to circles
+``synth_referring_testB``   60 scenes whose refs all refer to squares or triangles
+=========================  ===================================================================
+
+Files are generated on first use (see :mod:`d2kit.data.synthetic` and
+:mod:`d2kit.data.referring`).
 """
 
 import os
@@ -19,9 +30,18 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..paths import datasets_root
+from .refcoco import load_refcoco, refcoco_metadata
+from .referring import (
+    REFERRING_CLASSES,
+    REFERRING_SPLITS,
+    SYNTH_REFERRING_DATASET,
+    SYNTH_REFERRING_SPEC,
+    ensure_synth_referring,
+)
 from .synthetic import SYNTH_SPECS, ensure_synthetic, split_dir
 
-__all__ = ["register_synthetic_datasets", "MINI_SUBSET_SIZE"]
+__all__ = ["register_synthetic_datasets", "register_referring_datasets", "MINI_SUBSET_SIZE"]
 
 MINI_SUBSET_SIZE = 8
 
@@ -45,8 +65,26 @@ def _register(name: str, base: str, subset: int | None) -> None:
     )
 
 
+def _load_synth_referring(split: str) -> list[dict]:
+    root = ensure_synth_referring()
+    return load_refcoco(root, SYNTH_REFERRING_DATASET, "unc", split)
+
+
+def register_referring_datasets() -> None:
+    """Register ``synth_referring_{train,val,testA,testB}`` (idempotent; generated on load)."""
+    categories = [dict(id=i + 1, name=n) for i, n in enumerate(REFERRING_CLASSES)]
+    for split in REFERRING_SPLITS:
+        name = f"{SYNTH_REFERRING_DATASET}_{split}"
+        if name in DatasetCatalog.list():
+            continue
+        DatasetCatalog.register(name, lambda s=split: _load_synth_referring(s))
+        # the same metadata register_refcoco would set for these files
+        meta = refcoco_metadata(datasets_root(), SYNTH_REFERRING_DATASET, "unc", split, categories)
+        MetadataCatalog.get(name).set(synthetic_spec=SYNTH_REFERRING_SPEC, **meta)
+
+
 def register_synthetic_datasets() -> None:
-    """Register every synthetic split (idempotent)."""
+    """Register every synthetic split, the referring ones included (idempotent)."""
     for base in SYNTH_SPECS:
         names = {base: None}
         if base.endswith("_val"):
@@ -54,3 +92,4 @@ def register_synthetic_datasets() -> None:
         for name, subset in names.items():
             if name not in DatasetCatalog.list():
                 _register(name, base, subset)
+    register_referring_datasets()
