@@ -67,6 +67,8 @@ setup(
     ),
     python_requires=">=3.10",
     packages=packages,
+    # Ref-NMS ships the word vectors of the synthetic referring vocabulary (and their generator).
+    package_data={"ref_nms": ["data/*.txt", "data/*.py"]},
     ext_modules=get_extensions(),
     cmdclass=get_cmdclass(),
     zip_safe=False,
