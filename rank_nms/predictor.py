@@ -29,7 +29,12 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from .inference import RANK_ACTIVATIONS, RankNMSInferenceParams, rank_nms_inference
+from .inference import (
+    RANK_ACTIVATIONS,
+    RankNMSInferenceParams,
+    _check_choice,
+    rank_nms_inference,
+)
 from .ranking import (
     LOSS_NORMALIZATIONS,
     full_pairs,
@@ -52,11 +57,6 @@ SHORT_LEVELS = ("take_all", "skip")
 TRAIN_ON = ("sampled", "foreground")
 PAIR_GROUPINGS = ("image", "gt")
 TARGET_BOXES = ("proposal", "regressed")
-
-
-def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 class RankHead(nn.Module):
