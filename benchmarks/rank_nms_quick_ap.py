@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import json
 import os
 import time
@@ -92,12 +93,14 @@ def _load() -> dict:
 
 
 def _save(section: str, key: str, value) -> None:
-    """Merge one entry into the JSON (other processes may have written meanwhile)."""
-    table = _load()
-    table.setdefault(section, {})[key] = value
+    """Merge one entry into the JSON; a lock file keeps parallel runs from losing entries."""
     os.makedirs(RESULTS, exist_ok=True)
-    with open(OUT_JSON, "w") as f:
-        json.dump(table, f, indent=2, sort_keys=True)
+    with open(OUT_JSON + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = _load()
+        table.setdefault(section, {})[key] = value
+        with open(OUT_JSON, "w") as f:
+            json.dump(table, f, indent=2, sort_keys=True)
 
 
 def _run_dir(run: str, seed: int) -> str:
