@@ -6,12 +6,26 @@ score relatedness × confidence, so that the proposals keep the referent and the
 expression mentions. Trained with pseudo ground truth: the regions whose category matches a
 noun of the expression (spaCy POS tags, GloVe cosine > γ).
 
-So far this package has the word-level parts: word vectors (GloVe text format, and a table
-shipped for the synthetic referring vocabulary), spaCy noun extraction, noun-category matching
-and the pseudo ground truth ("critical objects"). Importing it does not import spaCy.
+So far this package has the word-level parts (word vectors in GloVe text format and a table
+shipped for the synthetic referring vocabulary, spaCy noun extraction, noun-category matching,
+the pseudo ground truth or "critical objects") and the model core as plain modules and functions:
+the expression encoder and relatedness module (Eqs. (1)-(2)), the score fusion, the losses
+(Eqs. (3)-(4); the ranking loss reuses ``rank_nms.ranking``), and the fused-score NMS and
+proposal selection with the baseline rule. Importing it does not import spaCy.
 """
 
 from .config import add_ref_nms_config
+from .losses import (
+    BCE_REDUCTIONS,
+    BCE_SAMPLINGS,
+    RANK_NORMALIZATIONS,
+    bce_loss,
+    box_iou,
+    rank_loss,
+    relatedness_targets,
+    sample_bce_proposals,
+    sample_rank_proposals,
+)
 from .pseudo_gt import (
     PseudoGroundTruth,
     box_iou_xyxy,
@@ -20,6 +34,16 @@ from .pseudo_gt import (
     pseudo_ground_truth,
     pseudo_gt_precision_recall,
 )
+from .relatedness import (
+    UNK,
+    ExpressionEncoder,
+    RelatednessModule,
+    WordLookup,
+    build_vocabulary,
+    fuse_scores,
+    masked_softmax,
+)
+from .selection import baseline_proposals, filter_candidates, select_proposals
 from .words import (
     DEFAULT_NOUN_POS,
     SYNTH_VECTORS_PATH,

@@ -9,7 +9,9 @@ def add_ref_nms_config(cfg: CN) -> None:
     """Add the Ref-NMS keys to ``cfg`` in place (defaults: the paper, and the released code where
     the paper is silent; ref_nms.md §2.1-2.2, §6).
 
-    So far: the pseudo ground truth of the training objectives (nouns, word vectors, γ).
+    Groups: the pseudo ground truth (nouns, word vectors, γ); the expression encoder and the
+    relatedness module (Eqs. (1)-(2)); the losses (Eqs. (3)-(4)); the candidates, fused-score NMS
+    and proposal selection at inference, and the baseline they are compared with.
     """
     _C = cfg
     _C.MODEL.REF_NMS = CN()
@@ -27,3 +29,80 @@ def add_ref_nms_config(cfg: CN) -> None:
     # A matched region whose IoU with the referent is > this is the referent or a duplicate of it,
     # not a context object (released code only, not in the paper; ref_nms.md §2.2 step 6).
     _C.MODEL.REF_NMS.REFERENT_DUPLICATE_IOU = 0.9
+
+    # ---- Expression encoder e_q (ref_nms.md §1.2) ---------------------------------------------
+    # E: dimension of the fixed word vectors (300-d GloVe; the shipped synthetic table is 40-d).
+    _C.MODEL.REF_NMS.WORD_EMBED_DIM = 300
+    # Hidden size of the Bi-GRU e_q per direction ("The hidden size of the encoder eq is set to
+    # 256"); the word features w_j have q = 2 × this dimensions.
+    _C.MODEL.REF_NMS.GRU_HIDDEN_DIM = 256
+    _C.MODEL.REF_NMS.GRU_NUM_LAYERS = 1
+    # Vocabulary: words seen at least this many times ("filtering the words less than 2 times")
+    # and present in the word vectors; the others map to <unk> (a zero vector).
+    _C.MODEL.REF_NMS.VOCAB_MIN_COUNT = 2
+    # Words kept per expression in training (paper: 10 for RefCOCO/RefCOCO+, 20 for RefCOCOg) and
+    # at test (released: no truncation, 0 = none; ref_nms.md §6 #10).
+    _C.MODEL.REF_NMS.MAX_EXPR_LENGTH_TRAIN = 10
+    _C.MODEL.REF_NMS.MAX_EXPR_LENGTH_TEST = 0
+
+    # ---- Relatedness module, Eqs. (1)-(2) (ref_nms.md §1.3) -------------------------------------
+    # Hidden width of the two-layer MLP_a (Eq. 1) and MLP_b (Eq. 2), R^v -> R^hidden -> R^q
+    # (released: 1024 for v = 2048).
+    _C.MODEL.REF_NMS.MLP_HIDDEN_DIM = 1024
+    # Dropout on [v^a_i; w_j] before FC_s (Eq. 1) and on m_i before FC_r (Eq. 2): released 0.5,
+    # absent from the paper (0 = off).
+    _C.MODEL.REF_NMS.ATTENTION_DROPOUT = 0.5
+    _C.MODEL.REF_NMS.FUSION_DROPOUT = 0.5
+    # m_i = L2Norm(ReLU(v^b_i ⊙ q_i)) (released, True) or L2Norm(v^b_i ⊙ q_i) (Eq. 2, False).
+    _C.MODEL.REF_NMS.RELU_BEFORE_NORM = True
+
+    # ---- Training objectives, Eqs. (3)-(4) (ref_nms.md §2.1, §2.3) ----------------------------
+    # "bce" (binary XE, Eq. 3) or "rank" (ranking loss, Eq. 4).
+    _C.MODEL.REF_NMS.LOSS = "bce"
+    # r*_i = 1 when the IoU with any foreground box is > POSITIVE_IOU ("IoU>0.5"); the release
+    # uses >= (POSITIVE_IOU_INCLUSIVE: True).
+    _C.MODEL.REF_NMS.POSITIVE_IOU = 0.5
+    _C.MODEL.REF_NMS.POSITIVE_IOU_INCLUSIVE = False
+    # Eq. (3) over "all" boxes of B (paper) or "release": BCE_NUM_SAMPLES per expression with at
+    # most BCE_MAX_POSITIVE positives (32 / 16).
+    _C.MODEL.REF_NMS.BCE_SAMPLING = "all"
+    _C.MODEL.REF_NMS.BCE_NUM_SAMPLES = 32
+    _C.MODEL.REF_NMS.BCE_MAX_POSITIVE = 16
+    # 1/|B| of Eq. (3) per "expression" then the batch mean, or one mean over all "box"es.
+    _C.MODEL.REF_NMS.BCE_REDUCTION = "expression"
+    # α of Eq. (4), the ranking margin (0.1; the margin on sigmoid scores r_i).
+    _C.MODEL.REF_NMS.RANK_MARGIN = 0.1
+    # q_i = ⌈max(0, ρ_i − RANK_IOU_ORIGIN) / RANK_LEVEL_WIDTH⌉: 6 subsets for 0.5 / 0.1.
+    _C.MODEL.REF_NMS.RANK_IOU_ORIGIN = 0.5
+    _C.MODEL.REF_NMS.RANK_LEVEL_WIDTH = 0.1
+    # h: negatives per positive, the top-h by predicted relatedness from the lower subsets (100).
+    _C.MODEL.REF_NMS.RANK_TOP_H = 100
+    # N of Eq. (4): "pairs" (all pos-neg pairs of the batch), "expression" or "violating".
+    _C.MODEL.REF_NMS.RANK_NORMALIZATION = "pairs"
+    # Candidates of the ranking loss: "all" of B (paper) or "release": RANK_NUM_NEGATIVE of level
+    # 0 and RANK_PER_LEVEL of each positive level (150 / 10).
+    _C.MODEL.REF_NMS.RANK_SAMPLING = "all"
+    _C.MODEL.REF_NMS.RANK_NUM_NEGATIVE = 150
+    _C.MODEL.REF_NMS.RANK_PER_LEVEL = 10
+
+    # ---- Candidates, fusion, NMS, selection (ref_nms.md §1.1, §1.4) ---------------------------
+    # δ: candidates are (RoI, class) pairs with confidence c > δ (0.05).
+    _C.MODEL.REF_NMS.CANDIDATE_SCORE_THRESH = 0.05
+    # Released: lower δ by this step while fewer than MIN_CANDIDATES_{TRAIN,TEST} pairs pass.
+    _C.MODEL.REF_NMS.CANDIDATE_THRESH_STEP = 0.005
+    _C.MODEL.REF_NMS.MIN_CANDIDATES_TRAIN = 32
+    _C.MODEL.REF_NMS.MIN_CANDIDATES_TEST = 1
+    # IoU of the per-class greedy NMS on the fused score s_i = r_i × c_i (released: 0.3).
+    _C.MODEL.REF_NMS.NMS_THRESH = 0.3
+    # Selection after NMS: "threshold" (top-1, then s > SELECTION_THRESH; released), "top_n"
+    # (the TOP_N best; Table 1's N = 100) or "all" (every NMS survivor).
+    _C.MODEL.REF_NMS.SELECTION = "threshold"
+    # The released threshold "conf" is unpublished (tuned for ~8-10 proposals per expression):
+    # tune it on val.
+    _C.MODEL.REF_NMS.SELECTION_THRESH = 0.1
+    _C.MODEL.REF_NMS.TOP_N = 100
+    _C.MODEL.REF_NMS.KEEP_TOP1 = True
+    # Baseline ("Real case"): per-class NMS at NMS_THRESH on c, keep c >= 0.65, lowering the
+    # threshold by 0.1 while nothing passes (MAttNet run_detect.py).
+    _C.MODEL.REF_NMS.BASELINE_SCORE_THRESH = 0.65
+    _C.MODEL.REF_NMS.BASELINE_THRESH_STEP = 0.1
