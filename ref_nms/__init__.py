@@ -11,10 +11,22 @@ shipped for the synthetic referring vocabulary, spaCy noun extraction, noun-cate
 the pseudo ground truth or "critical objects") and the model core as plain modules and functions:
 the expression encoder and relatedness module (Eqs. (1)-(2)), the score fusion, the losses
 (Eqs. (3)-(4); the ranking loss reuses ``rank_nms.ranking``), and the fused-score NMS and
-proposal selection with the baseline rule. Importing it does not import spaCy.
+proposal selection with the baseline rule; the frozen first stage and its per-image cache
+(:mod:`ref_nms.first_stage`), the ``RefNMS`` meta-architecture (e_q + relatedness module on the
+cached candidates, :mod:`ref_nms.modeling`), the Table 1 evaluator (:mod:`ref_nms.evaluation`),
+the trainer behind ``projects/RefNMS/train_net.py`` (:mod:`ref_nms.trainer`) and the MAttNet
+``matt_dets`` writer (``python -m ref_nms.export_proposals``). Importing it does not import
+spaCy.
 """
 
 from .config import add_ref_nms_config
+from .evaluation import RefNMSEvaluator, expression_recall, summarize_recall
+from .first_stage import (
+    build_detector,
+    build_first_stage_cache,
+    first_stage_candidates,
+    load_candidates,
+)
 from .losses import (
     BCE_REDUCTIONS,
     BCE_SAMPLINGS,
@@ -26,6 +38,7 @@ from .losses import (
     sample_bce_proposals,
     sample_rank_proposals,
 )
+from .modeling import RefNMS
 from .pseudo_gt import (
     PseudoGroundTruth,
     box_iou_xyxy,

@@ -11,7 +11,14 @@ def add_ref_nms_config(cfg: CN) -> None:
 
     Groups: the pseudo ground truth (nouns, word vectors, γ); the expression encoder and the
     relatedness module (Eqs. (1)-(2)); the losses (Eqs. (3)-(4)); the candidates, fused-score NMS
-    and proposal selection at inference, and the baseline they are compared with.
+    and proposal selection at inference, and the baseline they are compared with; the frozen
+    first stage and its cache; data and evaluation.
+
+    The model built by ``MODEL.META_ARCHITECTURE: "RefNMS"`` is the expression encoder plus the
+    relatedness module only; the detector is ``DETECTOR_CONFIG`` + ``DETECTOR_WEIGHTS``, run once
+    per image and cached (:mod:`ref_nms.first_stage`). The optimiser is Adam with
+    ``SOLVER.BASE_LR`` / ``SOLVER.WEIGHT_DECAY`` (paper: 5e-3 for everything but the head network
+    e_v, which here is the frozen detector's box head).
     """
     _C = cfg
     _C.MODEL.REF_NMS = CN()
@@ -106,3 +113,49 @@ def add_ref_nms_config(cfg: CN) -> None:
     # threshold by 0.1 while nothing passes (MAttNet run_detect.py).
     _C.MODEL.REF_NMS.BASELINE_SCORE_THRESH = 0.65
     _C.MODEL.REF_NMS.BASELINE_THRESH_STEP = 0.1
+
+    # ---- First stage: the frozen detector (ref_nms.md §1.1, §6 #19-#20) -----------------------
+    # Config file of the detector (a plain Detectron2 two-stage GeneralizedRCNN: StandardROIHeads,
+    # e.g. FPN, or Res5ROIHeads, C4 as in the paper), resolved like --config-file.
+    _C.MODEL.REF_NMS.DETECTOR_CONFIG = ""
+    # Its weights; "" = the detector config's MODEL.WEIGHTS (random init if that is "" too, with
+    # a warning: tests only). The paper's detector is fixed ("The weights of the original
+    # detector are fixed during training") and trained without the RefCOCO val/test images.
+    _C.MODEL.REF_NMS.DETECTOR_WEIGHTS = ""
+    # KEY VALUE overrides applied to the detector config (e.g. ("MODEL.RPN.POST_NMS_TOPK_TEST",
+    # "300")).
+    _C.MODEL.REF_NMS.DETECTOR_OPTS = ()
+    # v: dimension of the region feature v_i = e_v(b_i), the detector's box-head output of the
+    # candidate's RoI (FPN: the box head's FC feature, ROI_BOX_HEAD.FC_DIM; C4: res5 mean-pooled,
+    # 2048 as released). Checked against the detector when the cache is built.
+    _C.MODEL.REF_NMS.VISUAL_DIM = 2048
+    # Where the first-stage candidates and RoI features are cached (one torch.save file per
+    # image, under a folder named by a fingerprint of the detector, its weights and δ);
+    # "" = OUTPUT_DIR/first_stage_cache. Share it between runs that use the same detector.
+    _C.MODEL.REF_NMS.CACHE_DIR = ""
+    # dtype of the cached RoI features: "float16" (half the disk) or "float32".
+    _C.MODEL.REF_NMS.CACHE_FEATURE_DTYPE = "float16"
+    # Images per detector forward while building the cache.
+    _C.MODEL.REF_NMS.FIRST_STAGE_BATCH_SIZE = 4
+
+    # ---- Data ----------------------------------------------------------------------------------
+    # Root of the refer layout (<root>/<dataset>/refs(<split_by>).p, <root>/<dataset>/
+    # instances.json, <root>/images/mscoco/images/train2014/) for the dataset names
+    # refcoco_unc_*, refcoco+_unc_*, refcocog_umd_*, refcocog_google_* of DATASETS, registered
+    # with d2kit.data.register_refcoco when first used; "" = d2kit's datasets root ($D2KIT_DATASETS
+    # or <repo>/datasets), where the synthetic referring data lives too.
+    _C.MODEL.REF_NMS.REFER_ROOT = ""
+    # Datasets whose tokens make the vocabulary (count >= VOCAB_MIN_COUNT and in the word
+    # vectors); () = DATASETS.TRAIN. The release counts every split, val/test included (§6 #9).
+    _C.MODEL.REF_NMS.VOCAB_DATASETS = ()
+    # Use only the first N images of each training / test dataset (0 = all): quick runs, tests.
+    _C.MODEL.REF_NMS.MAX_TRAIN_IMAGES = 0
+    _C.MODEL.REF_NMS.MAX_TEST_IMAGES = 0
+
+    # ---- Evaluation (Table 1) ----------------------------------------------------------------
+    # A proposal recalls a box when their IoU is > this (the paper's "IoU>0.5", hit_rate_utils).
+    _C.MODEL.REF_NMS.RECALL_IOU = 0.5
+    # Extra selection thresholds ("conf") evaluated for the recall / proposals-per-expression
+    # trade-off; with any, the results also hold "matched/*": the threshold whose mean number
+    # of proposals per expression is closest to the baseline's ("Real" rows at a matched count).
+    _C.MODEL.REF_NMS.EVAL_SELECTION_THRESHS = ()
