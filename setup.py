@@ -27,7 +27,11 @@ def get_extensions():
     cuda_sources = sorted(glob.glob(os.path.join(csrc, "*.cu")))
     force_cuda = os.environ.get("FORCE_CUDA", "0") == "1"
     use_cuda = force_cuda or (torch.cuda.is_available() and CUDA_HOME is not None)
-    extra_compile_args = {"cxx": ["-O3", "-std=c++17"]}
+    # No floating-point contraction: IoUHash's a * b + c must round twice, as in the pure-torch
+    # reference, or the cell codes at a border differ between backends (hnms/csrc/hnms_hash.h).
+    # GCC contracts into FMAs when the target has them (e.g. -march=native, aarch64); nvcc always
+    # does unless told -fmad=false.
+    extra_compile_args = {"cxx": ["-O3", "-std=c++17", "-ffp-contract=off"]}
     define_macros = []
     extension = CppExtension
     if use_cuda and cuda_sources:
@@ -35,7 +39,7 @@ def get_extensions():
         sources += cuda_sources
         define_macros.append(("WITH_CUDA", None))
         nvcc_flags = os.environ.get("NVCC_FLAGS", "").split()
-        extra_compile_args["nvcc"] = ["-O3", "-std=c++17"] + nvcc_flags
+        extra_compile_args["nvcc"] = ["-O3", "-std=c++17", "-fmad=false"] + nvcc_flags
     return [
         extension(
             "hnms._C",

@@ -28,13 +28,14 @@ __all__ = [
 ]
 
 if importlib.util.find_spec("detectron2") is not None:
-    from .config import add_hnms_config
+    from .config import add_hnms_config, check_hnms_config
     from .retinanet import HashPrefilterRetinaNet
     from .roi_heads import HashPrefilterFastRCNNOutputLayers, HashPrefilterROIHeads
     from .rpn import HashRPN, find_top_hash_proposals
 
     __all__ += [
         "add_hnms_config",
+        "check_hnms_config",
         "HashPrefilterRetinaNet",
         "HashPrefilterFastRCNNOutputLayers",
         "HashPrefilterROIHeads",

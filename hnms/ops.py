@@ -12,22 +12,28 @@ IoU threshold t, pick α with ``alpha_for_iou(t)``.
 Edge cases (identical on every backend):
 
 - A box whose score is NaN is never kept and suppresses nothing.
-- A box that cannot be hashed (a non-finite coordinate, width or height <= 0, or coordinates so
-  large relative to its size that a code component leaves [-2^62, 2^62]) is its own cell: it is
-  kept (unless its score is NaN) and suppresses nothing, as ``torchvision.ops.nms`` does with
-  such boxes (their IoU with any box is 0 or NaN). ``iou_hash`` returns ``INVALID_CODE`` rows
-  for them.
+- A box that cannot be hashed (a non-finite coordinate, width or height <= 0, a cell size that
+  over- or underflows float64, or a centre so far from the origin relative to the box's size that
+  a code component leaves (-2^52, 2^52), where float64 has no fraction left for the rounding of
+  Eq. (6)) is its own cell: it is kept (unless its score is NaN) and suppresses nothing, as
+  ``torchvision.ops.nms`` does with such boxes (their IoU with any box is 0 or NaN, or, beyond
+  2^52, not computable in float64 either). ``iou_hash`` returns ``INVALID_CODE`` rows for them.
+- Parameters are checked (here and again in the compiled ops): α in (0, 1); W0, H0 finite and
+  > 0, also after Eq. (16) scales them by α^(-k/K); b_x, b_y finite with |b| < 2^52 (only b mod 1
+  changes which boxes share a cell). Any real number is accepted (Python, NumPy or 0-d tensor
+  scalars; not bool), and any integral type for ``num_hashes``.
 - Scores may be any float, including negative logits and +-inf; -0.0 equals +0.0.
 - Boxes and scores may be float16, bfloat16, float32 or float64 and non-contiguous; everything
   is computed in float64.
 """
 
 import math
+import numbers
 
 import torch
 
 from . import _ext
-from .reference import INVALID_CODE, hash_params, hnms_reference, iou_hash_reference
+from .reference import INVALID_CODE, MAX_CODE, hash_params, hnms_reference, iou_hash_reference
 
 __all__ = ["INVALID_CODE", "iou_hash", "hnms", "batched_hnms"]
 
@@ -95,13 +101,21 @@ def _check_idxs(idxs, boxes: torch.Tensor) -> torch.Tensor:
     return idxs.to(torch.int64)
 
 
+def _real(value, name: str) -> float:
+    """``value`` as a float: any real number (Python, NumPy, ``fractions.Fraction``, a one-element
+    tensor), not a bool (``True`` as α or W0 is a bug, not 1.0)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"{name} must be a real number (not bool; Python, NumPy or 0-d tensor), got "
+            f"{type(value).__name__} {value!r}"
+        )
+    return float(value)
+
+
 def _check_float(value, name: str, lo=None, hi=None, fix: str = "") -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        else:
-            raise ValueError(f"{name} must be a Python float, got {type(value)}")
-    value = float(value)
+    value = _real(value, name)
     too_low = lo is not None and value <= lo
     too_high = hi is not None and value >= hi
     if not math.isfinite(value) or too_low or too_high:
@@ -121,11 +135,51 @@ def _check_alpha(alpha) -> float:
 
 
 def _check_num_hashes(num_hashes) -> int:
-    if isinstance(num_hashes, bool) or not isinstance(num_hashes, int) or num_hashes < 1:
+    if isinstance(num_hashes, torch.Tensor) and num_hashes.numel() == 1:
+        if not (num_hashes.is_floating_point() or num_hashes.dtype == torch.bool):
+            num_hashes = num_hashes.item()
+    if (
+        isinstance(num_hashes, bool)
+        or not isinstance(num_hashes, numbers.Integral)
+        or num_hashes < 1
+    ):
         raise ValueError(
-            f"num_hashes must be an int >= 1 (K of Eq. 16), got {num_hashes!r}; use 1 for Alg. 2"
+            f"num_hashes must be an integer >= 1 (K of Eq. 16; Python or NumPy int, not bool), "
+            f"got {type(num_hashes).__name__} {num_hashes!r}; use 1 for Alg. 2"
         )
-    return num_hashes
+    return int(num_hashes)
+
+
+def _check_offset(b, name: str) -> float:
+    b = _check_float(b, name)
+    if not abs(b) < MAX_CODE:
+        raise ValueError(
+            f"{name} must be a finite float with |{name}| < 2^52, got {b}: the offset is in cell "
+            f"units and beyond 2^52 every code m = round(x / δ - {name}) leaves the exact range, "
+            f"so no box could be hashed; only {name} mod 1 changes which boxes share a cell"
+        )
+    return b
+
+
+def _check_hash_params(alpha, w0, h0, bx, by, num_hashes: int = 1):
+    """Validated (alpha, w0, h0, bx, by) of the K = ``num_hashes`` hash functions of Eq. (16)."""
+    alpha = _check_alpha(alpha)
+    w0 = _check_float(w0, "w0", 0.0)
+    h0 = _check_float(h0, "h0", 0.0)
+    bx = _check_offset(bx, "bx")
+    by = _check_offset(by, "by")
+    # the last hash function of Eq. (16) has the largest W0^(k) = W0 α^(-k/K) and b + k/K
+    last = hash_params(alpha, w0, h0, bx, by, num_hashes - 1, num_hashes)
+    for name, value in (("w0", w0), ("h0", h0)):
+        if not (math.isfinite(last[name]) and math.isfinite(last["log_" + name])):
+            raise ValueError(
+                f"{name} = {value} overflows when Eq. (16) scales it by alpha^(-k/K) for the "
+                f"K = {num_hashes} hash functions (alpha = {alpha}); use a smaller {name}"
+            )
+    for name in ("bx", "by"):
+        if not abs(last[name]) < MAX_CODE:
+            raise ValueError(f"{name} + (K - 1) / K (Eq. 16) must stay below 2^52 in magnitude")
+    return alpha, w0, h0, bx, by
 
 
 def use_compiled_kernel(backend: str, device: torch.device, cuda_kernel: bool = True) -> bool:
@@ -173,20 +227,19 @@ def iou_hash(
 
     Args:
         boxes: [N, 4] float tensor (x1, y1, x2, y2), any float dtype, any device.
-        alpha: cell-size ratio α in (0, 1) (not an IoU threshold).
-        w0, h0: size of the 0-th width/height cell, W0 and H0 (> 0).
-        bx, by: offsets b_x, b_y of the offset cells, in cell units.
+        alpha: cell-size ratio α in (0, 1) (not an IoU threshold); any real number type.
+        w0, h0: size of the 0-th width/height cell, W0 and H0 (finite, > 0).
+        bx, by: offsets b_x, b_y of the offset cells, in cell units (finite, |b| < 2^52).
         backend: "auto", "ext" (compiled kernels) or "torch" (reference).
     Returns:
         int64 [N, 4] (i, j, m, n) on boxes' device; every component is ``INVALID_CODE`` (-2^63)
-        for a box that cannot be hashed (non-finite, width or height <= 0, code out of range).
+        for a box that cannot be hashed (non-finite, width or height <= 0, code out of
+        (-2^52, 2^52)).
+    Raises:
+        ValueError: naming the argument, for bad boxes or parameters (see the module docstring).
     """
     boxes = _check_boxes(boxes)
-    alpha = _check_alpha(alpha)
-    w0 = _check_float(w0, "w0", 0.0)
-    h0 = _check_float(h0, "h0", 0.0)
-    bx = _check_float(bx, "bx")
-    by = _check_float(by, "by")
+    alpha, w0, h0, bx, by = _check_hash_params(alpha, w0, h0, bx, by)
     if use_compiled_kernel(backend, boxes.device):
         return torch.ops.hnms.iou_hash(boxes, alpha, w0, h0, bx, by)
     return iou_hash_reference(boxes, hash_params(alpha, w0, h0, bx, by, 0, 1))[0]
@@ -197,12 +250,8 @@ def _hnms(boxes, scores, idxs, alpha, num_hashes, w0, h0, bx, by, backend):
     scores = _check_scores(scores, boxes)
     if idxs is not None:
         idxs = _check_idxs(idxs, boxes)
-    alpha = _check_alpha(alpha)
     num_hashes = _check_num_hashes(num_hashes)
-    w0 = _check_float(w0, "w0", 0.0)
-    h0 = _check_float(h0, "h0", 0.0)
-    bx = _check_float(bx, "bx")
-    by = _check_float(by, "by")
+    alpha, w0, h0, bx, by = _check_hash_params(alpha, w0, h0, bx, by, num_hashes)
     if boxes.shape[0] == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if use_compiled_kernel(backend, boxes.device):
@@ -233,8 +282,9 @@ def hnms(
         boxes: [N, 4] float tensor (x1, y1, x2, y2); float16/bfloat16/float32/float64.
         scores: [N] float tensor on the same device (probabilities or logits; NaN never kept).
         alpha: cell-size ratio α in (0, 1); NOT an IoU threshold (see :func:`iou_lower_bound`).
-        num_hashes: K >= 1, the number of hash functions of Eq. (16).
-        w0, h0, bx, by: base parameters of the first hash function (paper: 1, 1, 0, 0).
+        num_hashes: K >= 1, the number of hash functions of Eq. (16) (any integral type).
+        w0, h0, bx, by: base parameters of the first hash function (paper: 1, 1, 0, 0); see
+            :func:`iou_hash` for their ranges.
         backend: "auto", "ext" (compiled kernels) or "torch" (pure-torch reference).
     Returns:
         int64 [K'] indices into ``boxes`` of the kept boxes, sorted by decreasing score; among

@@ -11,12 +11,16 @@ import math
 
 import torch
 
-__all__ = ["INVALID_CODE", "hash_params", "iou_hash_reference", "hnms_reference"]
+__all__ = ["INVALID_CODE", "MAX_CODE", "hash_params", "iou_hash_reference", "hnms_reference"]
 
 #: Value of every component of the code of a box that cannot be hashed (non-finite coordinates,
-#: width or height <= 0, or a component outside [-2^62, 2^62]); such a box is its own cell.
+#: width or height <= 0, a cell size that over- or underflows, or a component outside
+#: (-2^52, 2^52)); such a box is its own cell.
 INVALID_CODE = -(2**63)
-_MAX_CODE = 2.0**62
+#: |code component| < 2^52: beyond it float64 has no fractional bits left, the rounding of
+#: Eqs. (2), (3), (6), (7) is decided by rounding errors, and the backends' libm could disagree
+#: (see ``hnms/csrc/hnms_hash.h``).
+MAX_CODE = 2.0**52
 
 
 def hash_params(alpha: float, w0: float, h0: float, bx: float, by: float, k: int, num_hashes: int):
@@ -45,19 +49,21 @@ def _round_code(v: torch.Tensor):
     # round() of Eqs. 2, 3, 6, 7 as floor(v + 1/2): offsets to the cell centre in [-1/2, 1/2),
     # as in Eq. (15)
     r = torch.floor(v + 0.5)
-    ok = (r > -_MAX_CODE) & (r < _MAX_CODE)  # False for NaN and +-inf too
+    ok = (r > -MAX_CODE) & (r < MAX_CODE)  # False for NaN and +-inf too
     return torch.where(ok, r, torch.zeros_like(r)), ok
 
 
-def _hash_dim(size, center, log_s0, s0, b, log_alpha, inv_log_alpha, ratio):
+def _hash_dim(size, center, log_s0, b, log_alpha, inv_log_alpha, ratio):
     # divisions as multiplications by 1 / log α and 1 / δ_i, exactly as the kernels do
     ok = (size > 0) & torch.isfinite(size) & torch.isfinite(center)
     size = torch.where(ok, size, torch.ones_like(size))
     i, ok_i = _round_code((log_s0 - torch.log(size)) * inv_log_alpha)  # Eq. (2)/(3)
-    s_i = s0 * torch.exp(-i * log_alpha)  # Eq. (1)/(9): W_i = W0 / α^i
+    s_i = torch.exp(log_s0 - i * log_alpha)  # Eq. (1)/(9): W_i = W0 / α^i, in log space
     inv_delta = 1.0 / (s_i * ratio)  # Eq. (4)/(8): δ_i = W_i (1 - α) / (1 + α)
+    # a cell size that overflows (1 / δ = 0) or underflows (inf) describes no cell
+    ok_d = (inv_delta > 0) & torch.isfinite(inv_delta)
     m, ok_m = _round_code(center * inv_delta - b)  # Eq. (6)/(7): m = round(x / δ_i - b_x)
-    return i, m, ok & ok_i & ok_m
+    return i, m, ok & ok_i & ok_d & ok_m
 
 
 def iou_hash_reference(boxes: torch.Tensor, params: dict):
@@ -72,8 +78,8 @@ def iou_hash_reference(boxes: torch.Tensor, params: dict):
     cx, cy = (x1 + x2) * 0.5, (y1 + y2) * 0.5
     p = params
     la, ila, r = p["log_alpha"], p["inv_log_alpha"], p["ratio"]
-    i, m, ok_w = _hash_dim(w, cx, p["log_w0"], p["w0"], p["bx"], la, ila, r)
-    j, n, ok_h = _hash_dim(h, cy, p["log_h0"], p["h0"], p["by"], la, ila, r)
+    i, m, ok_w = _hash_dim(w, cx, p["log_w0"], p["bx"], la, ila, r)
+    j, n, ok_h = _hash_dim(h, cy, p["log_h0"], p["by"], la, ila, r)
     ok = ok_w & ok_h
     codes = torch.stack([i, j, m, n], dim=1).to(torch.int64)
     codes[~ok] = INVALID_CODE

@@ -6,6 +6,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from torchvision.ops import batched_nms
 
 from ._events import put_kept_fraction
+from .config import check_hnms_config
+from .ops import _check_float, _check_num_hashes
 from .prefilter import nms_with_hash_prefilter, soft_nms_with_hash_prefilter
 from .soft_nms import SOFT_NMS_METHODS, batched_soft_nms
 
@@ -60,8 +62,11 @@ class HashPrefilterRetinaNet(RetinaNet):
                 f"soft_nms_method (MODEL.HNMS.SOFT_NMS.METHOD) must be one of {SOFT_NMS_METHODS}, "
                 f"got {soft_nms_method!r}"
             )
-        self.prefilter_alpha = float(prefilter_alpha)
-        self.prefilter_num_hashes = int(prefilter_num_hashes)
+        self.prefilter_alpha = _check_float(prefilter_alpha, "prefilter_alpha", 0.0, 1.0)
+        self.prefilter_num_hashes = _check_num_hashes(prefilter_num_hashes)
+        _check_float(soft_nms_sigma, "soft_nms_sigma", 0.0)
+        if not _check_float(soft_nms_score_thresh, "soft_nms_score_thresh") >= 0:
+            raise ValueError(f"soft_nms_score_thresh must be >= 0, got {soft_nms_score_thresh}")
         self.prefilter = bool(prefilter)
         self.suppression = suppression
         self.soft_nms_args = dict(
@@ -73,6 +78,7 @@ class HashPrefilterRetinaNet(RetinaNet):
 
     @classmethod
     def from_config(cls, cfg):
+        check_hnms_config(cfg)  # every MODEL.HNMS key, with its valid range, at model build
         ret = super().from_config(cfg)
         ret["prefilter_alpha"] = cfg.MODEL.HNMS.PREFILTER.ALPHA
         ret["prefilter_num_hashes"] = cfg.MODEL.HNMS.PREFILTER.NUM_HASHES

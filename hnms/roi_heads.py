@@ -7,6 +7,8 @@ from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances
 
 from ._events import put_kept_fraction
+from .config import check_hnms_config
+from .ops import _check_float, _check_num_hashes
 from .prefilter import nms_with_hash_prefilter
 
 __all__ = [
@@ -67,11 +69,12 @@ class HashPrefilterFastRCNNOutputLayers(FastRCNNOutputLayers):
     @configurable
     def __init__(self, *, prefilter_alpha: float = 0.73, prefilter_num_hashes: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.prefilter_alpha = float(prefilter_alpha)
-        self.prefilter_num_hashes = int(prefilter_num_hashes)
+        self.prefilter_alpha = _check_float(prefilter_alpha, "prefilter_alpha", 0.0, 1.0)
+        self.prefilter_num_hashes = _check_num_hashes(prefilter_num_hashes)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_hnms_config(cfg)
         ret = super().from_config(cfg, input_shape)
         ret["prefilter_alpha"] = cfg.MODEL.HNMS.PREFILTER.ALPHA
         ret["prefilter_num_hashes"] = cfg.MODEL.HNMS.PREFILTER.NUM_HASHES
@@ -104,6 +107,7 @@ class HashPrefilterROIHeads(StandardROIHeads):
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
+        check_hnms_config(cfg)  # every MODEL.HNMS key, with its valid range, at model build
         ret = super()._init_box_head(cfg, input_shape)
         if cfg.MODEL.HNMS.ROI_HEADS_PREFILTER:
             ret["box_predictor"] = HashPrefilterFastRCNNOutputLayers(

@@ -6,7 +6,8 @@ from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, 
 from detectron2.structures import Boxes, Instances
 
 from ._events import put_kept_fraction
-from .ops import batched_hnms
+from .config import check_hnms_config
+from .ops import _ALPHA_FIX, _check_float, _check_hash_params, _check_num_hashes, batched_hnms
 
 __all__ = ["HashRPN", "find_top_hash_proposals", "topk_per_group"]
 
@@ -123,13 +124,16 @@ class HashRPN(RPN):
             kwargs: the arguments of detectron2's RPN.
         """
         super().__init__(**kwargs)
-        self.hnms_alpha = float(hnms_alpha)
-        self.hnms_num_hashes = int(hnms_num_hashes)
+        self.hnms_alpha = _check_float(hnms_alpha, "hnms_alpha", 0.0, 1.0, _ALPHA_FIX)
+        self.hnms_num_hashes = _check_num_hashes(hnms_num_hashes)
         self.post_topk_per_level = {True: post_topk_per_level[0], False: post_topk_per_level[1]}
         self.hash_kwargs = dict(hash_kwargs or {})
+        hash_args = {"w0": 1.0, "h0": 1.0, "bx": 0.0, "by": 0.0, **self.hash_kwargs}
+        _check_hash_params(self.hnms_alpha, num_hashes=self.hnms_num_hashes, **hash_args)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_hnms_config(cfg)  # every MODEL.HNMS key, with its valid range, at model build
         ret = super().from_config(cfg, input_shape)
         h = cfg.MODEL.HNMS
         ret["hnms_alpha"] = h.RPN.ALPHA

@@ -6,9 +6,19 @@ Instead of discarding the boxes that overlap a kept box M, Soft-NMS decays their
 - linear: ``f = 1 - IoU`` if ``IoU >= iou_threshold`` (N_t), else 1;
 - gaussian: ``f = exp(-IoU^2 / sigma)``.
 
-A box whose (decayed) score falls below ``score_threshold`` is dropped. Every output box costs
-one pass over the remaining ones, so Soft-NMS is O(N^2) even when nothing overlaps; this is why
-the paper's HNMS pre-filter speeds it up 2.5-8.6x on CPU (Table 4), against 1.1-1.5x for NMS.
+After each decay step, every remaining box whose score is below ``score_threshold`` is dropped.
+
+Threshold semantics (decided here, the same on both backends): Bodla et al.'s Algorithm 1 moves
+the current maximum M to the output *before* anything is thresholded (the algorithm has no
+threshold; their released code prunes decayed boxes below it, as mmcv's ``soft_nms`` does). So
+the first box of every group (class) is output whatever its score, and every later box has a
+score >= ``score_threshold``; the input is not pre-filtered by the threshold. A caller that
+wants no output below the threshold filters ``scores >= score_threshold`` first (for such
+input the two readings agree).
+
+Every output box costs one pass over the remaining ones, so Soft-NMS is O(N^2) even when nothing
+overlaps; this is why the paper's HNMS pre-filter speeds it up 2.5-8.6x on CPU (Table 4), against
+1.1-1.5x for NMS.
 
 Two backends give the same result: the compiled CPU kernel (``torch.ops.hnms.soft_nms``) and the
 pure-torch reference :func:`soft_nms_reference` (any device; one Python step per output box).
@@ -16,12 +26,17 @@ pure-torch reference :func:`soft_nms_reference` (any device; one Python step per
 Edge cases (identical on both backends):
 
 - Scores must be finite or NaN (a multiplicative decay of +-inf is undefined; apply a sigmoid to
-  logits). A NaN-scored box and every box scored below ``score_threshold`` (>= 0, so also every
-  negative score) is dropped and decays nothing.
-- A box with a non-finite coordinate or a width or height <= 0 has IoU 0 with every box: it is
-  kept (if its score passes the threshold) with its score unchanged and decays nothing.
+  logits). A NaN-scored box is dropped and decays nothing. A box whose score is below
+  ``score_threshold`` (>= 0, so also a negative score that no decay has brought to -0.0) is
+  output only if it is the best box of its group (then with its score unchanged); otherwise it
+  is dropped after the group's first box is output.
+- A box with a non-finite coordinate, a width or height <= 0 or an area that overflows float64
+  has IoU 0 with every box: it is kept (if its score passes the threshold) with its score
+  unchanged and decays nothing.
 - Ties in score go to the lower index; everything is computed in float64.
 """
+
+import math
 
 import torch
 
@@ -46,7 +61,8 @@ def _prepare_boxes(boxes: torch.Tensor):
     """float64 boxes with invalid ones replaced by an empty interval, and their areas."""
     b = boxes.to(torch.float64)
     w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
-    valid = torch.isfinite(b).all(dim=1) & (w > 0) & (h > 0)
+    # the area must be finite too: one that overflows (1e30 x 1e300) would give NaN IoUs
+    valid = torch.isfinite(b).all(dim=1) & (w > 0) & (h > 0) & torch.isfinite(w * h)
     inf = float("inf")
     empty = torch.tensor([inf, inf, -inf, -inf], dtype=torch.float64, device=b.device)
     b = torch.where(valid[:, None], b, empty)
@@ -73,12 +89,13 @@ def soft_nms_reference(
     groups = idxs if idxs is not None else torch.zeros_like(s, dtype=torch.int64)
     out_idx, out_score = [], []
     for g in torch.unique(groups).tolist():
-        members = torch.nonzero((groups == g) & (s >= score_threshold)).flatten()  # index order
+        # every non-NaN score: the maximum is output before thresholding (Bodla et al.)
+        members = torch.nonzero((groups == g) & ~torch.isnan(s)).flatten()  # index order
         gb, ga, gs = b[members], areas[members], s[members].clone()
         alive = torch.ones_like(gs, dtype=torch.bool)
         while bool(alive.any()):
             # argmax returns the first maximum: the lowest index among equal scores
-            m = int(torch.argmax(torch.where(alive, gs, torch.full_like(gs, -1.0))))
+            m = int(torch.argmax(torch.where(alive, gs, torch.full_like(gs, -math.inf))))
             out_idx.append(members[m])
             out_score.append(gs[m])
             alive[m] = False
@@ -157,11 +174,14 @@ def soft_nms(
         sigma: σ of the Gaussian decay (> 0; Bodla et al.: 0.5).
         iou_threshold: N_t of the linear decay, in [0, 1] (Bodla et al.: 0.3); unused by
             "gaussian".
-        score_threshold: boxes whose decayed score falls below it are dropped (>= 0; 0.001).
+        score_threshold: after each output box, the remaining boxes whose (decayed) score is
+            below it are dropped (>= 0; 0.001). The best box is output before this pruning, so
+            the first output box may score below it (see the module docstring).
         backend: "auto" (the compiled CPU kernel for CPU tensors, else torch), "ext" or "torch".
     Returns:
         (keep, new_scores): int64 [K] indices into ``boxes`` sorted by decreasing decayed score
-        (lower index first on ties), and their decayed scores [K] in ``scores``' dtype.
+        (lower index first on ties), and their decayed scores [K] in ``scores``' dtype. Empty
+        only when every score is NaN (or N = 0).
     """
     return _soft_nms(boxes, scores, None, method, sigma, iou_threshold, score_threshold, backend)
 
@@ -179,7 +199,8 @@ def batched_soft_nms(
 ):
     """:func:`soft_nms` separately within each group (class) given by ``idxs``.
 
-    Boxes of different groups never decay each other. Arguments and result as in
-    :func:`soft_nms`; ``idxs`` is an [N] integer tensor on the same device.
+    Boxes of different groups never decay each other, and the best box of every group is output
+    whatever its score. Arguments and result as in :func:`soft_nms`; ``idxs`` is an [N] integer
+    tensor on the same device.
     """
     return _soft_nms(boxes, scores, idxs, method, sigma, iou_threshold, score_threshold, backend)

@@ -135,6 +135,11 @@ def rank_nms_inference_single_image(
     fused = fuse_scores(s_r, cls, params.effective_beta)  # Eq. (4), (R, K)
     thresholded = cls if params.score_thresh_on == "cls" else fused
     mask = thresholded > params.score_thresh
+    if params.suppression == "soft_nms":
+        # Soft-NMS decays multiplicatively, which is only defined for scores >= 0, and outputs
+        # each class's best box whatever its score: a fused score <= 0 (or below the Soft-NMS
+        # score threshold) is dropped here.
+        mask &= (fused > 0) & (fused >= params.soft_nms_score_thresh)
     inds = mask.nonzero()  # (N, 2): RoI, class
     boxes = boxes[inds[:, 0], 0] if boxes.shape[1] == 1 else boxes[mask]
     nms_scores, cls_scores, classes = fused[mask], cls[mask], inds[:, 1]
@@ -144,11 +149,9 @@ def rank_nms_inference_single_image(
         out_scores = nms_scores if params.output_score == "fused" else cls_scores
         out_scores = out_scores[keep]
     else:
-        # Soft-NMS decays multiplicatively, which is only defined for scores >= 0: a fused
-        # score <= 0 counts as 0 and is dropped by the score threshold.
         keep, out_scores = hnms.batched_soft_nms(
             boxes,
-            nms_scores.clamp(min=0),
+            nms_scores,
             classes,
             method=params.soft_nms_method,
             sigma=params.soft_nms_sigma,

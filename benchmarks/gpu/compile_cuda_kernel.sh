@@ -36,7 +36,7 @@ EOF
 )
 ABI=$("$PY" -c "import torch; print(int(torch._C._GLIBCXX_USE_CXX11_ABI))")
 # the flags torch.utils.cpp_extension passes for a CUDA source (see setup.py)
-nvcc -c hnms/csrc/hnms_cuda.cu -o "$WORK/hnms_cuda.o" -std=c++17 -O3 -DWITH_CUDA \
+nvcc -c hnms/csrc/hnms_cuda.cu -o "$WORK/hnms_cuda.o" -std=c++17 -O3 -fmad=false -DWITH_CUDA \
   -DTORCH_EXTENSION_NAME=_C -DTORCH_API_INCLUDE_EXTENSION_H -D_GLIBCXX_USE_CXX11_ABI="$ABI" \
   -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
   -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr \

@@ -40,12 +40,8 @@ namespace {
 // positive normal numbers return false: the caller then uses the exact size_index().
 class SizeIndexTable {
  public:
-  SizeIndexTable(double s0, double log_s0, const HashParams& p)
-      : s0_(s0),
-        log_s0_(log_s0),
-        log_alpha_(p.log_alpha),
-        inv_log_alpha_(p.inv_log_alpha),
-        ratio_(p.ratio) {
+  SizeIndexTable(double log_s0, const HashParams& p)
+      : log_s0_(log_s0), log_alpha_(p.log_alpha), inv_log_alpha_(p.inv_log_alpha), ratio_(p.ratio) {
     for (Entry& e : entries_) {
       e.bucket = ~uint64_t(0);  // no valid bucket (positive sizes have a clear sign bit)
     }
@@ -107,8 +103,11 @@ class SizeIndexTable {
     }
     // i grows with s when log α < 0 (always: α < 1)
     e.i = static_cast<int64_t>(k_lo);
-    e.inv_delta_lo = cell_inv_delta(e.i, s0_, log_alpha_, ratio_);
-    e.inv_delta_hi = cell_inv_delta(e.i + 1, s0_, log_alpha_, ratio_);
+    e.inv_delta_lo = cell_inv_delta(e.i, log_s0_, log_alpha_, ratio_);
+    e.inv_delta_hi = cell_inv_delta(e.i + 1, log_s0_, log_alpha_, ratio_);
+    if (!valid_inv_delta(e.inv_delta_lo) || !valid_inv_delta(e.inv_delta_hi)) {
+      return;  // a cell size that over- or underflows: the exact path rejects the box
+    }
     if (k_hi == k_lo) {
       e.band_lo = std::numeric_limits<double>::infinity();  // one index for the whole bucket
       return;
@@ -119,7 +118,7 @@ class SizeIndexTable {
   }
 
   Entry entries_[kEntries];
-  double s0_, log_s0_, log_alpha_, inv_log_alpha_, ratio_;
+  double log_s0_, log_alpha_, inv_log_alpha_, ratio_;
 };
 
 // Alg. 1 for one box with the result of iou_hash_box(): true and the code (i, j, m, n), or false
@@ -128,8 +127,7 @@ class SizeIndexTable {
 // takes iou_hash_box()'s own path.
 class FastHasher {
  public:
-  explicit FastHasher(const HashParams& p)
-      : p_(p), widths_(p.w0, p.log_w0, p), heights_(p.h0, p.log_h0, p) {}
+  explicit FastHasher(const HashParams& p) : p_(p), widths_(p.log_w0, p), heights_(p.log_h0, p) {}
 
   // inlined into the per-box loop (GCC would otherwise call it)
   __attribute__((always_inline)) bool hash(
@@ -146,7 +144,10 @@ class FastHasher {
     }
     const double vm = cx * inv_dw - p_.bx + 0.5;  // Eq. (6) + 1/2
     const double vn = cy * inv_dh - p_.by + 0.5;  // Eq. (7) + 1/2
-    if (!((vm > -kMaxCode) & (vm < kMaxCode) & (vn > -kMaxCode) & (vn < kMaxCode))) {
+    // floor(v) is in (-2^52, 2^52) (round_code's range) for v in [1 - 2^52, 2^52); the few
+    // values near the limits go to the exact path
+    constexpr double kLow = 1.0 - kMaxCode;
+    if (!((vm >= kLow) & (vm < kMaxCode) & (vn >= kLow) & (vn < kMaxCode))) {
       return iou_hash_box(x1, y1, x2, y2, p_, code);
     }
     code[2] = floor_int(vm);
@@ -155,7 +156,7 @@ class FastHasher {
   }
 
  private:
-  // floor(x) for |x| < 2^62: bit-identical to std::floor, without the libm call.
+  // floor(x) for |x| < 2^52: bit-identical to std::floor, without the libm call.
   static int64_t floor_int(double x) {
     const int64_t t = static_cast<int64_t>(x);  // truncation
     return t - (static_cast<double>(t) > x);
@@ -574,8 +575,7 @@ at::Tensor iou_hash_cpu(
   TORCH_CHECK(
       boxes_.dim() == 2 && boxes_.size(1) == 4, "iou_hash: boxes must have shape [N, 4], got ",
       boxes_.sizes());
-  TORCH_CHECK(alpha > 0.0 && alpha < 1.0, "iou_hash: alpha must be in (0, 1), got ", alpha);
-  TORCH_CHECK(w0 > 0.0 && h0 > 0.0, "iou_hash: w0 and h0 must be > 0");
+  check_hash_params("iou_hash", alpha, w0, h0, bx, by, 1);
   const at::Tensor boxes = boxes_.contiguous();
   const int64_t n = boxes.size(0);
   at::Tensor codes = at::empty({n, 4}, boxes.options().dtype(at::kLong));
@@ -602,9 +602,9 @@ at::Tensor hnms_cpu(
     double h0,
     double bx,
     double by) {
-  check_hnms_args(boxes_, scores_, groups_, alpha, num_hashes);
+  check_hnms_tensors("hnms", boxes_, scores_, groups_);
+  check_hash_params("hnms", alpha, w0, h0, bx, by, num_hashes);
   TORCH_CHECK(boxes_.device().is_cpu(), "hnms_cpu: boxes must be a CPU tensor");
-  TORCH_CHECK(w0 > 0.0 && h0 > 0.0, "hnms: w0 and h0 must be > 0");
   TORCH_CHECK(
       boxes_.size(0) < std::numeric_limits<int32_t>::max() / 2,
       "hnms: at most 2^30 boxes per call are supported");

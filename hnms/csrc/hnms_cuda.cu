@@ -13,6 +13,10 @@
 //   5. select_kernel: a box survives if it is its cell's winner or cannot be hashed.
 // The survivors (K of them) are then ordered by decreasing score with a stable sort of K keys,
 // which the API requires; the N boxes are never sorted.
+//
+// Build with -fmad=false (setup.py does): nvcc would otherwise contract the a * b + c of the hash
+// arithmetic (hnms_hash.h) into fused multiply-adds, which round once instead of twice, and the
+// codes of boxes at a cell border would differ from the CPU kernel's and the reference's.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -176,8 +180,7 @@ at::Tensor iou_hash_cuda(
   TORCH_CHECK(
       boxes_.dim() == 2 && boxes_.size(1) == 4, "iou_hash: boxes must have shape [N, 4], got ",
       boxes_.sizes());
-  TORCH_CHECK(alpha > 0.0 && alpha < 1.0, "iou_hash: alpha must be in (0, 1), got ", alpha);
-  TORCH_CHECK(w0 > 0.0 && h0 > 0.0, "iou_hash: w0 and h0 must be > 0");
+  check_hash_params("iou_hash", alpha, w0, h0, bx, by, 1);
   at::cuda::CUDAGuard device_guard(boxes_.device());
   const at::Tensor boxes = boxes_.contiguous();
   const int64_t n = boxes.size(0);
@@ -205,9 +208,9 @@ at::Tensor hnms_cuda(
     double h0,
     double bx,
     double by) {
-  check_hnms_args(boxes_, scores_, groups_, alpha, num_hashes);
+  check_hnms_tensors("hnms", boxes_, scores_, groups_);
+  check_hash_params("hnms", alpha, w0, h0, bx, by, num_hashes);
   TORCH_CHECK(boxes_.is_cuda(), "hnms_cuda: boxes must be a CUDA tensor");
-  TORCH_CHECK(w0 > 0.0 && h0 > 0.0, "hnms: w0 and h0 must be > 0");
   at::cuda::CUDAGuard device_guard(boxes_.device());
   const at::Tensor boxes = boxes_.contiguous();
   const at::Tensor scores = scores_.contiguous();

@@ -3,6 +3,16 @@
 // Everything here is computed in double precision from boxes given as (x1, y1, x2, y2), with the
 // same operations in the same order as the pure-torch reference (hnms/reference.py), so that the
 // three backends produce the same codes and the same keep set.
+//
+// Rounding: every product and sum below must be rounded on its own, as IEEE double arithmetic
+// does on the CPU and as the reference's separate torch ops do. A compiler that contracts
+// a * b + c into one fused multiply-add (one rounding instead of two) changes the last bit of
+// v + 1/2 and so, at a cell border, the code (floor(v + 1/2) of Eqs. 2, 3, 6, 7). nvcc contracts
+// by default (-fmad=true), so the CUDA kernel's codes could differ from the CPU kernel's at
+// borders (x * (1/δ) - b of Eq. 6: tests/hnms/conftest.py builds such boxes); setup.py therefore
+// builds the CUDA kernel with -fmad=false and the C++ kernels with -ffp-contract=off (GCC
+// contracts too when the target has FMA, e.g. -march=native or aarch64). Anyone compiling these
+// files with their own flags must keep them.
 #pragma once
 
 #include <cmath>
@@ -17,11 +27,16 @@
 
 namespace hnms {
 
-// Code value of a box that cannot be hashed (non-finite coordinates, width or height <= 0, or a
-// code component that does not fit in [-2^62, 2^62]). Such a box is its own cell.
+// Code value of a box that cannot be hashed (non-finite coordinates, width or height <= 0, a
+// cell size W_i or H_i that is not a positive finite double, or a code component that is not in
+// (-2^52, 2^52)). Such a box is its own cell.
 constexpr int64_t kInvalidCode = INT64_MIN;
-// |code component| must stay below this, so that the integer code is exact and cannot overflow.
-constexpr double kMaxCode = 4611686018427387904.0;  // 2^62
+// |code component| must stay below this. A double of magnitude >= 2^52 has no fractional bits,
+// so v + 1/2 of Eqs. (2), (3), (6), (7) is already rounded before floor() sees it, and the code
+// of a box is decided by rounding errors of x / δ (one ulp of the divisor changes it by ~1): two
+// touching boxes one ulp wide (IoU 0) can share a cell, and backends whose exp() differs in the
+// last bit give different codes. Below 2^52, v + 1/2 keeps at least one fractional bit.
+constexpr double kMaxCode = 4503599627370496.0;  // 2^52
 
 // Parameters of one IoUHash function (Alg. 1). Logarithms are computed once per call on the host.
 struct HashParams {
@@ -61,7 +76,8 @@ HNMS_HD bool hnms_isfinite(double v) {
 }
 
 // round() of Eqs. 2, 3, 6, 7: floor(v + 1/2), so that the offset to the cell centre lies in
-// [-1/2, 1/2) as in Eq. (15). Returns false when v is not finite or too large for an exact code.
+// [-1/2, 1/2) as in Eq. (15). Returns false when v is not finite or the code is not in
+// (-2^52, 2^52) (see kMaxCode).
 HNMS_HD bool round_code(double v, int64_t* out) {
   const double r = floor(v + 0.5);
   if (!(r > -kMaxCode && r < kMaxCode)) {
@@ -73,7 +89,8 @@ HNMS_HD bool round_code(double v, int64_t* out) {
 
 // Quantise one dimension: size s (width or height) and centre c.
 //   Eq. (2)/(3):  i = round((log W0 - log w) / log α)
-//   Eq. (1)/(9):  W_i = W0 / α^i = W0 * exp(-i log α)
+//   Eq. (1)/(9):  W_i = W0 / α^i = exp(log W0 - i log α)  (in log space: W0 * exp(-i log α)
+//                 overflowed for a subnormal W0, whose W_i is an ordinary size)
 //   Eq. (4)/(8):  δ_i = W_i (1 - α) / (1 + α)
 //   Eq. (6)/(7):  m = round(x / δ_i - b_x)
 // The divisions are multiplications by the reciprocals 1 / log α and 1 / δ_i (the reference
@@ -87,9 +104,16 @@ HNMS_HD bool size_index(
 }
 
 // 1 / δ_i
-HNMS_HD double cell_inv_delta(int64_t i, double s0, double log_alpha, double ratio) {
-  const double s_i = s0 * exp(-static_cast<double>(i) * log_alpha);  // Eq. (1)/(9)
-  return 1.0 / (s_i * ratio);                                        // Eq. (4)/(8)
+HNMS_HD double cell_inv_delta(int64_t i, double log_s0, double log_alpha, double ratio) {
+  const double s_i = exp(log_s0 - static_cast<double>(i) * log_alpha);  // Eq. (1)/(9)
+  return 1.0 / (s_i * ratio);                                           // Eq. (4)/(8)
+}
+
+// Whether 1 / δ_i describes a real cell: positive and finite. A cell size W_i that overflows to
+// inf (a box about 1e308 wide) gives 1 / δ_i = 0, and every centre would get m = round(-b_x);
+// one that underflows to 0 gives inf. Such boxes cannot be hashed.
+HNMS_HD bool valid_inv_delta(double inv_delta) {
+  return inv_delta > 0.0 && hnms_isfinite(inv_delta);
 }
 
 HNMS_HD bool offset_index(double center, double inv_delta, double b, int64_t* m) {
@@ -100,7 +124,6 @@ HNMS_HD bool hash_dim(
     double size,
     double center,
     double log_s0,
-    double s0,
     double b,
     double log_alpha,
     double inv_log_alpha,
@@ -109,8 +132,11 @@ HNMS_HD bool hash_dim(
     int64_t* offset_code) {
   int64_t i;
   int64_t m;
-  if (!size_index(size, center, log_s0, inv_log_alpha, &i) ||
-      !offset_index(center, cell_inv_delta(i, s0, log_alpha, ratio), b, &m)) {
+  if (!size_index(size, center, log_s0, inv_log_alpha, &i)) {
+    return false;
+  }
+  const double inv_delta = cell_inv_delta(i, log_s0, log_alpha, ratio);
+  if (!valid_inv_delta(inv_delta) || !offset_index(center, inv_delta, b, &m)) {
     return false;
   }
   *size_code = i;
@@ -126,10 +152,8 @@ HNMS_HD bool iou_hash_box(
   const double h = y2 - y1;
   const double cx = (x1 + x2) * 0.5;
   const double cy = (y1 + y2) * 0.5;
-  if (hash_dim(
-          w, cx, p.log_w0, p.w0, p.bx, p.log_alpha, p.inv_log_alpha, p.ratio, &code[0], &code[2]) &&
-      hash_dim(
-          h, cy, p.log_h0, p.h0, p.by, p.log_alpha, p.inv_log_alpha, p.ratio, &code[1], &code[3])) {
+  if (hash_dim(w, cx, p.log_w0, p.bx, p.log_alpha, p.inv_log_alpha, p.ratio, &code[0], &code[2]) &&
+      hash_dim(h, cy, p.log_h0, p.by, p.log_alpha, p.inv_log_alpha, p.ratio, &code[1], &code[3])) {
     return true;
   }
   code[0] = code[1] = code[2] = code[3] = kInvalidCode;

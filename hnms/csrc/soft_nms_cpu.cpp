@@ -3,13 +3,16 @@
 // output it, and decay every remaining box b_i by f(IoU(M, b_i)):
 //   linear:   f = 1 - IoU   if IoU >= N_t, else 1
 //   gaussian: f = exp(-IoU^2 / sigma)
-// A box whose current score falls below score_threshold (or is NaN) is dropped. O(n^2) per group
-// of n boxes: one pass per output box decays, drops and finds the next maximum at once.
+// then drop every remaining box whose score is below score_threshold. As in Bodla et al.'s
+// Algorithm 1 (and the pruning of their released code), M is output before any thresholding, so
+// the best box of a group is output whatever its score; every later box has score >=
+// score_threshold. NaN-scored boxes are dropped first. O(n^2) per group of n boxes: one pass per
+// output box decays, drops and finds the next maximum at once.
 //
 // Everything is computed in double with the expressions of hnms/soft_nms.py's reference, in the
 // same order, so both give the same boxes. Ties in score go to the lower index. A box with a
-// non-finite coordinate or width/height <= 0 has IoU 0 with every box: it is neither decayed nor
-// decays others (as in hnms()).
+// non-finite coordinate, width/height <= 0 or an area that overflows has IoU 0 with every box:
+// it is neither decayed nor decays others (as in hnms()).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -39,8 +42,9 @@ struct Pool {
 
   void push(const double* b, double s, int64_t i) {
     const double w = b[2] - b[0], h = b[3] - b[1];
+    // w * h must be finite too: an area that overflows (1e30 x 1e300) would give NaN IoUs
     if (std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) && std::isfinite(b[3]) &&
-        w > 0.0 && h > 0.0) {
+        w > 0.0 && h > 0.0 && std::isfinite(w * h)) {
       x1.push_back(b[0]);
       y1.push_back(b[1]);
       x2.push_back(b[2]);
@@ -137,11 +141,13 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu_impl(
   const score_t* s = scores.data_ptr<score_t>();
   const int64_t* g = groups.numel() ? groups.data_ptr<int64_t>() : nullptr;
 
-  // Candidates (score >= threshold), ordered by group, then index.
+  // Candidates (every non-NaN score: the best of a group is output before thresholding),
+  // ordered by group, then index.
   std::vector<int64_t> order;
   order.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
-    if (static_cast<double>(s[i]) >= score_threshold) {
+    const double si = static_cast<double>(s[i]);
+    if (si == si) {
       order.push_back(i);
     }
   }

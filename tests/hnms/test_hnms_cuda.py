@@ -79,3 +79,17 @@ def test_cuda_deterministic(make_crowd):
     boxes, scores = boxes.cuda(), scores.cuda()
     runs = [hnms.hnms(boxes, scores, 0.7, 2) for _ in range(5)]
     assert all(torch.equal(r, runs[0]) for r in runs)
+
+
+def test_cuda_hash_arithmetic_is_not_contracted(fma_border):
+    # nvcc contracts x * (1/δ) - b into an FMA unless built with -fmad=false (setup.py): these
+    # boxes would then get m one higher than on the CPU
+    boxes, alpha, b, expected = fma_border()
+    codes = hnms.iou_hash(boxes.cuda(), alpha, bx=b, by=b, backend="ext").cpu()
+    assert torch.equal(codes[:, 2], expected) and torch.equal(codes[:, 3], expected)
+    assert torch.equal(codes, hnms.iou_hash(boxes, alpha, bx=b, by=b, backend="ext"))
+    scores = torch.linspace(1, 0, len(boxes), dtype=torch.float64)
+    assert torch.equal(
+        hnms.hnms(boxes.cuda(), scores.cuda(), alpha, bx=b, by=b, backend="ext").cpu(),
+        hnms.hnms(boxes, scores, alpha, bx=b, by=b, backend="ext"),
+    )

@@ -264,3 +264,51 @@ def test_retinanet_soft_nms_with_and_without_prefilter(monkeypatch):
 def test_retinanet_bad_suppression_keys(key, value, message):
     with pytest.raises(ValueError, match=message):
         build_model(_cfg(RETINA, key, value))
+
+
+FASTER = f"{QUICK}/hnms_faster_rcnn_R_18_FPN_quick_synth_crowd.yaml"
+ROI_PREFILTER = f"{QUICK}/hnms_faster_rcnn_R_18_FPN_quick_synth_crowd_roi_prefilter.yaml"
+
+
+@pytest.mark.parametrize(
+    "path, key, value, message",
+    [
+        (FASTER, "MODEL.HNMS.RPN.ALPHA", 1.5, r"MODEL.HNMS.RPN.ALPHA must be a number in \(0, 1\)"),
+        (FASTER, "MODEL.HNMS.RPN.NUM_HASHES", 0, r"MODEL.HNMS.RPN.NUM_HASHES must be an integer"),
+        (FASTER, "MODEL.HNMS.W0", 0.0, r"MODEL.HNMS.W0 must be a finite number > 0"),
+        (FASTER, "MODEL.HNMS.BX", 1e300, r"MODEL.HNMS.BX must be a finite number with \|b\| < 2"),
+        (FASTER, "MODEL.HNMS.RPN.POST_HNMS_TOPK_PER_LEVEL_TEST", -1,
+         r"POST_HNMS_TOPK_PER_LEVEL_TEST must be an integer >= 0"),
+        (RETINA, "MODEL.HNMS.PREFILTER.ALPHA", 0.0, r"MODEL.HNMS.PREFILTER.ALPHA must be a number"),
+        (RETINA, "MODEL.HNMS.PREFILTER.NUM_HASHES", 1.5, r"NUM_HASHES must be an integer"),
+        (RETINA, "MODEL.HNMS.SOFT_NMS.SIGMA", 0.0, r"MODEL.HNMS.SOFT_NMS.SIGMA must be a finite"),
+        (RETINA, "MODEL.HNMS.SOFT_NMS.SCORE_THRESH", -0.1, r"SCORE_THRESH must be a finite"),
+        (RETINA, "MODEL.HNMS.PREFILTER.ENABLED", "yes", r"PREFILTER.ENABLED must be True or False"),
+        (RETINA, "MODEL.HNMS.H0", float("nan"), r"MODEL.HNMS.H0 must be a finite number > 0"),
+        # W0 α^(-k/K) of Eq. (16) overflows for the K = 4 hash functions
+        (RETINA, "MODEL.HNMS.W0", 1.6e308, r"MODEL.HNMS.W0 .*overflows when Eq. \(16\)"),
+        (ROI_PREFILTER, "MODEL.HNMS.PREFILTER.ALPHA", 1.0, r"MODEL.HNMS.PREFILTER.ALPHA must be"),
+        (ROI_PREFILTER, "MODEL.HNMS.ROI_HEADS_PREFILTER", 1, r"ROI_HEADS_PREFILTER must be True"),
+    ],
+)  # fmt: skip
+def test_bad_hnms_keys_fail_at_model_build_naming_the_key(path, key, value, message):
+    # used to build, and fail (or, for BX = 1e300, silently suppress nothing) at the first image
+    cfg = _cfg(path, "MODEL.HNMS.PREFILTER.NUM_HASHES", "4")
+    node = cfg
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        build_model(cfg)
+
+
+def test_hnms_modules_check_their_keyword_arguments():
+    from hnms.rpn import HashRPN
+
+    cfg = _cfg(FASTER)
+    kwargs = HashRPN.from_config(cfg, build_model(cfg).backbone.output_shape())
+    with pytest.raises(ValueError, match=r"hnms_alpha must be a finite float in \(0.0, 1.0\)"):
+        HashRPN(**{**kwargs, "hnms_alpha": 0.0})
+    with pytest.raises(ValueError, match=r"bx must be a finite float with \|bx\| < 2\^52"):
+        HashRPN(**{**kwargs, "hash_kwargs": {"bx": 1e300}})

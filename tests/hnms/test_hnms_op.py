@@ -360,10 +360,10 @@ SCORES = torch.tensor([0.5, 0.6])
         ({"alpha": 0.0}, r"alpha must be a finite float in \(0.0, 1.0\).*not an IoU threshold"),
         ({"alpha": 1.0}, r"alpha must be .*alpha_for_iou"),
         ({"alpha": float("nan")}, r"alpha must be a finite float"),
-        ({"alpha": "0.7"}, r"alpha must be a Python float"),
-        ({"num_hashes": 0}, r"num_hashes must be an int >= 1"),
-        ({"num_hashes": 1.5}, r"num_hashes must be an int >= 1"),
-        ({"num_hashes": True}, r"num_hashes must be an int >= 1"),
+        ({"alpha": "0.7"}, r"alpha must be a real number"),
+        ({"num_hashes": 0}, r"num_hashes must be an integer >= 1"),
+        ({"num_hashes": 1.5}, r"num_hashes must be an integer >= 1"),
+        ({"num_hashes": True}, r"num_hashes must be an integer >= 1"),
         ({"w0": 0.0}, r"w0 must be a finite float > 0.0"),
         ({"bx": float("inf")}, r"bx must be a finite float"),
         ({"backend": "cuda"}, r"backend must be one of"),
@@ -442,3 +442,149 @@ def test_inputs_that_require_grad(backend):
     scores = SCORES.clone().requires_grad_()
     assert hnms.hnms(boxes, scores, 0.7, backend=backend).tolist() == [1, 0]
     assert hnms.iou_hash(boxes, 0.7, backend=backend).tolist() == [[6, 6, 3, 3], [6, 6, 4, 4]]
+
+
+# ---------------------------------------------------------------- precision limits and parameters
+
+
+def test_code_components_beyond_2_52_are_unhashable_on_every_backend(backend):
+    # The issue's box: centre ~2e13 times its size; x / δ ~ 3e16 > 2^52, where float64 no longer
+    # holds the fraction the rounding of Eq. (6) needs (the backends used to disagree in the last
+    # digits: 33364982598730728 vs ...724).
+    big = torch.tensor(
+        [[21780018306597.21, 21780018306597.21, 21780018306598.516, 21780018306598.516]],
+        dtype=torch.float64,
+    )
+    assert (hnms.iou_hash(big, 0.999, backend=backend) == INVALID_CODE).all()
+    # Two touching boxes one ulp wide (IoU 0): their x / δ differ by less than one ulp of x / δ
+    # (~2.3e16), so they used to share a cell and HNMS dropped one that NMS keeps.
+    x = 7173467451.616294
+    u = math.ulp(x)
+    boxes = torch.tensor([[x, x, x + u, x + u], [x + u, x, x + 2 * u, x + u]], dtype=torch.float64)
+    scores = torch.tensor([0.9, 0.8], dtype=torch.float64)
+    assert box_iou(boxes, boxes)[0, 1] == 0
+    keep = hnms.hnms(boxes, scores, 0.5, backend=backend)
+    assert keep.tolist() == nms(boxes, scores, 0.5).tolist() == [0, 1]
+    # just inside the limit: x / δ ~ 2^51 is hashable
+    inside = torch.tensor([[2.0**50, 0.0, 2.0**50 + 3.0, 3.0]], dtype=torch.float64)
+    codes = hnms.iou_hash(inside, 0.5, backend=backend)  # W_2 = 4, δ = 4/3: x / δ = 0.75 2^50
+    assert codes.tolist() == [[2, 2, 3 * 2**48 + 1, 1]]
+
+
+@needs_ext
+def test_the_issue_example_agrees_between_backends():
+    big = torch.tensor(
+        [[21780018306597.21, 21780018306597.21, 21780018306598.516, 21780018306598.516]],
+        dtype=torch.float64,
+    )
+    assert torch.equal(
+        hnms.iou_hash(big, 0.999, backend="ext"), hnms.iou_hash(big, 0.999, backend="torch")
+    )
+
+
+def test_cells_whose_size_overflows_are_unhashable(backend):
+    # width 1.75e308 at α = 0.3: i = 590 and W_590 = 0.3^-590 overflows to inf, so 1 / δ = 0 and
+    # every centre used to get m = 0: two touching boxes (IoU 0) shared a cell.
+    boxes = torch.tensor([[-1.75e308, 0, 0, 1], [0, 0, 1.75e308, 1]], dtype=torch.float64)
+    scores = torch.tensor([0.9, 0.8], dtype=torch.float64)
+    assert (hnms.iou_hash(boxes, 0.3, backend=backend) == INVALID_CODE).all()
+    assert hnms.hnms(boxes, scores, 0.3, backend=backend).tolist() == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"bx": 1e300}, r"bx must be a finite float with \|bx\| < 2\^52"),
+        ({"by": -(2.0**53)}, r"by must be a finite float with \|by\| < 2\^52"),
+        ({"bx": float("nan")}, r"bx must be a finite float"),
+        ({"w0": float("inf")}, r"w0 must be a finite float > 0"),
+        ({"h0": float("nan")}, r"h0 must be a finite float > 0"),
+        # W0^(k) = W0 α^(-k/K) of Eq. (16) overflows for the second hash function
+        ({"w0": 1e308, "alpha": 0.01, "num_hashes": 2}, r"w0 .* Eq. \(16\)"),
+    ],
+)
+def test_parameters_that_make_every_code_invalid_are_rejected(kwargs, match):
+    args = {"boxes": BOXES, "scores": SCORES, "alpha": 0.7, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        hnms.hnms(**args)
+
+
+@needs_ext
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ((0.7, float("nan"), 1.0, 0.0, 0.0), "w0 and h0 must be finite and > 0"),
+        ((0.7, 1.0, float("inf"), 0.0, 0.0), "w0 and h0 must be finite and > 0"),
+        ((0.7, 1.0, 1.0, float("inf"), 0.0), r"bx and by must be finite with \|b\| < 2\^52"),
+        ((0.7, 1.0, 1.0, 0.0, float("nan")), r"bx and by must be finite"),
+        ((0.7, 1.0, 1.0, 1e300, 0.0), r"bx and by must be finite with \|b\| < 2\^52"),
+        ((float("nan"), 1.0, 1.0, 0.0, 0.0), r"alpha must be in \(0, 1\)"),
+    ],
+)
+def test_registered_ops_validate_the_hash_parameters(params, match):
+    groups = BOXES.new_empty(0).long()
+    with pytest.raises(RuntimeError, match="iou_hash: " + match):
+        torch.ops.hnms.iou_hash(BOXES, *params)
+    alpha, w0, h0, bx, by = params
+    with pytest.raises(RuntimeError, match="hnms: " + match):
+        torch.ops.hnms.hnms(BOXES, SCORES, groups, alpha, 1, w0, h0, bx, by)
+    with pytest.raises(RuntimeError, match=r"hnms: w0 and h0 .* Eq. \(16\)"):
+        torch.ops.hnms.hnms(BOXES, SCORES, groups, 0.01, 2, 1e308, 1.0, 0.0, 0.0)
+
+
+def test_numpy_scalars_and_other_real_numbers_are_accepted(backend):
+    np = pytest.importorskip("numpy")
+    from fractions import Fraction
+
+    expected = hnms.hnms(BOXES, SCORES, 0.7, 2, backend=backend)
+    for alpha in (np.float32(0.7), np.float64(0.7), Fraction(7, 10)):
+        got = hnms.hnms(BOXES, SCORES, alpha, np.int64(2), w0=np.float32(1), bx=np.int32(0),
+                        backend=backend)  # fmt: skip
+        assert torch.equal(got, expected)
+    assert hnms.iou_hash(BOXES, np.float16(0.7), h0=np.int8(1), backend=backend).tolist() == [
+        [6, 6, 3, 3],
+        [6, 6, 4, 4],
+    ]
+    keep = hnms.batched_hnms(BOXES, SCORES, torch.tensor([0, 1]), 0.7, num_hashes=np.uint8(1))
+    assert keep.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"alpha": True}, r"alpha must be a real number \(not bool.*got bool True"),
+        ({"w0": False}, r"w0 must be a real number \(not bool.*got bool False"),
+        ({"alpha": 0.7j}, r"alpha must be a real number"),
+        ({"num_hashes": 2.0}, r"num_hashes must be an integer >= 1"),
+        ({"num_hashes": "2"}, r"num_hashes must be an integer >= 1"),
+    ],
+)
+def test_non_real_parameters_are_rejected(kwargs, match):
+    np = pytest.importorskip("numpy")
+    args = {"boxes": BOXES, "scores": SCORES, "alpha": 0.7, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        hnms.hnms(**args)
+    with pytest.raises(ValueError, match=r"num_hashes must be an integer >= 1"):
+        hnms.hnms(BOXES, SCORES, 0.7, np.bool_(True))
+
+
+def test_extreme_but_valid_base_sizes_hash_ordinary_boxes(backend):
+    # W_i = W0 / α^i is computed as exp(log W0 - i log α): with a subnormal W0 = 5e-324 the old
+    # W0 * exp(-i log α) overflowed (exp(746.5)) and every box was unhashable (found by the
+    # property tests)
+    boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11], [200, 0, 210, 8]], dtype=torch.float64)
+    for w0 in (5e-324, 1e-300, 1e300, 1.7e308):
+        codes = hnms.iou_hash(boxes, 0.7, w0=w0, h0=w0, backend=backend)
+        assert (codes != INVALID_CODE).all(), w0
+        if HAS_EXT:
+            assert torch.equal(codes, hnms.iou_hash(boxes, 0.7, w0=w0, h0=w0, backend="ext"))
+
+
+def test_hash_arithmetic_rounds_each_operation(backend, fma_border):
+    # x * (1/δ) - b must round twice, as IEEE double does; a fused multiply-add (one rounding)
+    # moves these boxes to the next cell (hnms_hash.h; setup.py builds without contraction)
+    boxes, alpha, b, expected = fma_border()
+    assert len(boxes) >= 5
+    codes = hnms.iou_hash(boxes, alpha, bx=b, by=b, backend=backend)
+    assert torch.equal(codes[:, 0], torch.zeros_like(expected))  # i = 0: W_0 = 1
+    assert torch.equal(codes[:, 2], expected) and torch.equal(codes[:, 3], expected)

@@ -11,9 +11,11 @@ from hnms import batched_soft_nms, soft_nms, soft_nms_with_hash_prefilter
 
 
 def _slow_soft_nms(boxes, scores, method, sigma, nt, thresh):
-    """Algorithm 1 of Bodla et al., literally, on Python floats (one group)."""
+    """Algorithm 1 of Bodla et al., literally, on Python floats (one group): output the current
+    maximum M, decay the rest by f(IoU(M, b_i)), then drop what fell below ``thresh`` (the
+    pruning of their released code, which the algorithm box leaves out)."""
     b = [[float(v) for v in row] for row in boxes.tolist()]
-    todo = {i: float(s) for i, s in enumerate(scores.tolist()) if float(s) >= thresh}
+    todo = {i: float(s) for i, s in enumerate(scores.tolist()) if not math.isnan(float(s))}
 
     def iou(p, q):
         iw = min(p[2], q[2]) - max(p[0], q[0])
@@ -91,6 +93,21 @@ def test_matches_slow_algorithm(backend, method, seed, make_crowd):
     assert len(keep) > 6  # soft: more than one box per object survives
 
 
+@pytest.mark.parametrize("method", ["gaussian", "linear"])
+def test_matches_slow_algorithm_with_scores_below_the_threshold(backend, method, make_crowd):
+    # most scores below the threshold, some negative: only the top one of those may be output
+    boxes, scores = make_crowd(120, seed=4, num_objects=5, dtype=torch.float64)
+    scores = scores * 0.004 - 0.001
+    keep, new = soft_nms(boxes, scores, method, 0.5, 0.3, 0.002, backend=backend)
+    ref_keep, ref_scores = _slow_soft_nms(boxes, scores, method, 0.5, 0.3, 0.002)
+    assert keep.tolist() == ref_keep
+    assert new.tolist() == pytest.approx(ref_scores, rel=1e-9)
+    assert (new[1:] >= 0.002).all()
+    low = scores * 0.1  # every score below 0.002: only the best box survives
+    keep, new = soft_nms(boxes, low, method, 0.5, 0.3, 0.002, backend=backend)
+    assert keep.tolist() == [int(torch.argmax(low))]
+
+
 @pytest.mark.skipif(hnms._ext.load() is None, reason="hnms._C not built")
 @pytest.mark.parametrize("method", ["gaussian", "linear"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -124,8 +141,28 @@ def test_empty_one_box_and_all_below_threshold(backend):
     assert keep.shape == (0,) and keep.dtype == torch.int64 and new.shape == (0,)
     keep, new = soft_nms(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([0.5]), backend=backend)
     assert keep.tolist() == [0] and new.tolist() == [0.5]
-    keep, _ = soft_nms(torch.tensor([[0.0, 0, 1, 1]]), torch.tensor([1e-4]), backend=backend)
-    assert keep.tolist() == []
+
+
+def test_the_current_maximum_is_output_before_thresholding(backend):
+    # Bodla et al.: M = argmax S is moved to D first, then the others are decayed and pruned; a
+    # box below score_threshold is output only when it is the best one left (so only as the
+    # first box of its group), whatever the overlaps.
+    one = torch.tensor([[0.0, 0, 1, 1]])
+    keep, new = soft_nms(one, torch.tensor([1e-4]), backend=backend)
+    assert keep.tolist() == [0] and new.tolist() == pytest.approx([1e-4])
+    apart = torch.tensor([[0.0, 0, 1, 1], [5.0, 5, 6, 6], [9.0, 9, 10, 10]])
+    low = torch.tensor([2e-4, 5e-4, 0.5])
+    keep, new = soft_nms(apart, low, backend=backend)
+    assert keep.tolist() == [2]  # 0.5 first; then 5e-4 and 2e-4 are below 0.001: dropped
+    keep, new = soft_nms(apart[:2], low[:2], backend=backend)
+    assert keep.tolist() == [1]  # the best of the two is output, the other pruned after it
+    # per group: every class outputs its best box; negative scores too (only as that box)
+    keep, new = batched_soft_nms(apart, torch.tensor([-2.0, 5e-4, 0.5]), torch.tensor([0, 1, 2]),
+                                 backend=backend)  # fmt: skip
+    assert keep.tolist() == [2, 1, 0] and new.tolist() == pytest.approx([0.5, 5e-4, -2.0])
+    # NaN is never a maximum
+    keep, _ = soft_nms(apart[:2], torch.tensor([float("nan"), 1e-5]), backend=backend)
+    assert keep.tolist() == [1]
 
 
 def test_nan_negative_and_invalid_boxes(backend):
@@ -219,3 +256,16 @@ def test_cuda_inputs_match_cpu(make_crowd):
     assert gpu[0].device.type == "cuda"
     assert torch.equal(gpu[0].cpu(), cpu[0])
     torch.testing.assert_close(gpu[1].cpu(), cpu[1], rtol=1e-6, atol=0)
+
+
+def test_boxes_whose_area_overflows_have_iou_zero(backend):
+    # 1e30 x 1e300 = inf: the IoU of two such boxes was inf / NaN; the kernel dropped the second
+    # box (NaN decay) while the reference kept it (found by the property tests). Now such a box is
+    # invalid, as one with a non-finite coordinate: kept, undecayed, decays nothing.
+    boxes = torch.tensor(
+        [[0, 0, 1e30, 1e300], [0, 0, 1e30, 1e300], [0, 0, 1, 1], [0, 0, 1, 1]], dtype=torch.float64
+    )
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6], dtype=torch.float64)
+    keep, new = soft_nms(boxes, scores, "gaussian", backend=backend)
+    assert keep.tolist() == [0, 1, 2, 3]
+    assert new.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6 * math.exp(-1 / 0.5)])
