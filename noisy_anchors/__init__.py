@@ -15,7 +15,7 @@ from .cleanliness import (
     reweighting,
     soft_labels_and_weights,
 )
-from .config import add_noisy_anchors_config
+from .config import add_noisy_anchors_config, check_noisy_anchors_config
 from .losses import (
     box_regression_loss_per_anchor,
     localization_accuracy,
@@ -31,6 +31,7 @@ __all__ = [
     "NoisyAnchorsRetinaNet",
     "TopNMatcher",
     "add_noisy_anchors_config",
+    "check_noisy_anchors_config",
     "box_regression_loss_per_anchor",
     "cleanliness",
     "localization_accuracy",

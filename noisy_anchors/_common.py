@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import numbers
+
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_every_n_seconds
 
 from .assignment import TopNMatcher
 from .cleanliness import VARIANTS
+from .config import check_noisy_anchors_config
 
 __all__ = [
+    "HEAVY_WEIGHT_RATIO",
     "NoisyAnchorsSettings",
     "noisy_kwargs_from_config",
     "check_noisy_args",
@@ -15,25 +22,38 @@ __all__ = [
 ]
 
 
+#: max r / mean r above which :func:`log_noisy_stats` warns (Eq. 4 concentrates the weight).
+HEAVY_WEIGHT_RATIO = 100.0
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_noisy_args(alpha: float, gamma: float, variant: str, eps: float) -> None:
-    """Raise ValueError for an α outside [0, 1], a negative γ, an unknown variant or bad ε."""
-    if not 0.0 <= alpha <= 1.0:
+    """Raise ValueError for an α outside [0, 1], a negative or non-finite γ, an unknown variant
+    or an ε outside (0, 1)."""
+    if not (_is_number(alpha) and 0.0 <= alpha <= 1.0):
         raise ValueError(
             f"cleanliness_alpha (MODEL.NOISY_ANCHORS.ALPHA) must be in [0, 1], got {alpha!r}"
         )
-    if not gamma >= 0.0:
-        raise ValueError(f"reweight_gamma (MODEL.NOISY_ANCHORS.GAMMA) must be >= 0, got {gamma!r}")
+    if not (_is_number(gamma) and 0.0 <= gamma < math.inf):
+        raise ValueError(
+            f"reweight_gamma (MODEL.NOISY_ANCHORS.GAMMA) must be finite and >= 0, got {gamma!r}"
+        )
     if variant not in VARIANTS:
         raise ValueError(
             "noisy_variant (MODEL.NOISY_ANCHORS.VARIANT) must be one of "
             f"{VARIANTS}, got {variant!r}"
         )
-    if not 0.0 < eps < 1.0:
+    if not (_is_number(eps) and 0.0 < eps < 1.0):
         raise ValueError(f"reweight_eps (MODEL.NOISY_ANCHORS.EPS) must be in (0, 1), got {eps!r}")
 
 
 def noisy_kwargs_from_config(cfg) -> dict:
-    """The adapters' keyword arguments read from ``cfg.MODEL.NOISY_ANCHORS``."""
+    """The adapters' keyword arguments read from ``cfg.MODEL.NOISY_ANCHORS`` (every key checked
+    first, see :func:`~noisy_anchors.config.check_noisy_anchors_config`)."""
+    check_noisy_anchors_config(cfg)
     na = cfg.MODEL.NOISY_ANCHORS
     # fmt: off
     return {
@@ -77,7 +97,9 @@ def log_noisy_stats(prefix: str, stats: dict, alpha: float, num_images: int) -> 
     """Put what the method decided into the event storage under ``noisy_anchors/<prefix>...``.
 
     Logged: positives per image, mean loc_a, mean cls_c, mean cleanliness c (Eq. 3), mean soft
-    target, mean and max re-weighting factor r (over the positives of the batch).
+    target, mean and max re-weighting factor r and max r / mean r (over the positives of the
+    batch). Eq. (4) can give one anchor ~100x the mean weight (f(x) = 1/(1-x) saturates at 1/ε);
+    above ``HEAVY_WEIGHT_RATIO`` a warning is logged (at most every 5 minutes).
     """
     storage = get_event_storage()
     num_pos = stats["num_pos"]
@@ -91,3 +113,15 @@ def log_noisy_stats(prefix: str, stats: dict, alpha: float, num_images: int) -> 
     storage.put_scalar(f"noisy_anchors/{prefix}mean_target", stats["mean_target"])
     storage.put_scalar(f"noisy_anchors/{prefix}mean_weight", stats["mean_weight"])
     storage.put_scalar(f"noisy_anchors/{prefix}max_weight", stats["max_weight"])
+    ratio = stats.get("max_weight_over_mean", 0.0)
+    storage.put_scalar(f"noisy_anchors/{prefix}max_weight_over_mean", ratio)
+    if ratio > HEAVY_WEIGHT_RATIO:
+        log_every_n_seconds(
+            logging.WARNING,
+            f"Noisy Anchors ({prefix or 'retinanet/'}): one positive anchor has {ratio:.0f}x the "
+            f"mean weight r of Eq. (4) among {num_pos} positives (f(x) = 1/(1-x) saturates at "
+            "1/MODEL.NOISY_ANCHORS.EPS for a near-perfect box); raise EPS or lower GAMMA to "
+            "cap it",
+            n=300,
+            name="noisy_anchors",
+        )

@@ -21,9 +21,25 @@ Two formulations are provided:
 
 f(x) = 1/(1-x) is infinite at x = 1 (an exactly localized box, or a saturated sigmoid); it is
 evaluated at min(x, 1-ε), which keeps r finite (ε = 1e-3 by default; the paper has no ε).
+
+Numerics of r^γ: the power overflows float32 as soon as γ·log(base) > 88 (base = 750 for an anchor
+with loc_a = 1 at α = 0.75, so γ = 14 suffices) and r / mean(r) became inf / inf = NaN. The
+weights are therefore computed in float64 log space, r_i / mean(r) = exp(γ (log b_i - max log b))
+/ mean(exp(γ (log b_j - max log b))), which is finite for every finite γ >= 0: the heaviest anchor
+gets at most P times the mean (P positives), the lightest may underflow to 0.
+
+Weight concentration (Eq. 4 as written): f saturates at 1/ε = 1000, so one anchor whose regressed
+box matches its ground truth (loc_a >= 0.999) gets base ≈ 750 against ≈ 2 for a typical positive
+(loc_a = cls_c = 0.5). With γ = 1 and P positives normalised to mean 1, that anchor gets
+750 P / (750 + 2 (P - 1)) times the mean weight: 79x for P = 100, 273x for P = 1000 (a RetinaNet
+batch has hundreds). ``max_weight_over_mean`` is logged every iteration (``noisy_anchors/...``) and
+a warning is logged when it exceeds 100; a larger ε (``MODEL.NOISY_ANCHORS.EPS``) caps it.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 
@@ -43,7 +59,7 @@ VARIANTS = ("paper", "released")
 def _check_unit_scalar(name: str, value: float) -> float:
     if isinstance(value, torch.Tensor):
         value = float(value)
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -53,7 +69,7 @@ def _check_unit_scalar(name: str, value: float) -> float:
 def _check_gamma(gamma: float) -> float:
     if isinstance(gamma, torch.Tensor):
         gamma = float(gamma)
-    if not isinstance(gamma, (int, float)) or isinstance(gamma, bool):
+    if not isinstance(gamma, numbers.Real) or isinstance(gamma, bool):
         raise TypeError(f"gamma must be a number, got {type(gamma).__name__}")
     if not (gamma >= 0.0 and gamma < float("inf")):
         raise ValueError(f"gamma must be finite and >= 0, got {gamma!r}")
@@ -92,9 +108,20 @@ def _check_scores(loc_a: torch.Tensor, cls_c: torch.Tensor) -> None:
             )
 
 
-def _f(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """f(x) = 1/(1-x) of Eq. (4), at min(x, 1-ε): values in [1, 1/ε]."""
-    return 1.0 / (1.0 - x.clamp(max=1.0 - eps))
+def _log_f(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """log f(x) of Eq. (4), f(x) = 1/(1-x) at min(x, 1-ε), as -log(max(1 - x, ε)) in float64:
+    values in [0, -log ε], finite for every ε in (0, 1) (1 - ε rounds to 1 for ε < 2^-53, and
+    1/ε overflows for ε < 1/DBL_MAX; the logarithm does neither)."""
+    return -torch.log(torch.clamp(1.0 - x.double(), min=eps))
+
+
+def _log_mix(alpha: float, log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
+    """log(α e^a + (1-α) e^b) for α in [0, 1], without leaving log space."""
+    if alpha >= 1.0:
+        return log_a
+    if alpha <= 0.0:
+        return log_b
+    return torch.logaddexp(math.log(alpha) + log_a, math.log1p(-alpha) + log_b)
 
 
 def cleanliness(loc_a: torch.Tensor, cls_c: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -129,7 +156,9 @@ def reweighting(
         eps: ε in (0, 1): f is evaluated at min(x, 1-ε), so loc_a = 1 or cls_c = 1 stay finite.
 
     Returns:
-        (P,) positive finite tensor with mean 1 (empty if P = 0), dtype of the inputs.
+        (P,) finite, non-negative tensor with mean 1 (empty if P = 0), dtype of the inputs; the
+        order of the bases is kept. Computed in float64 log space (see the module docstring), so
+        it is finite for every finite γ; with a large γ the lightest weights underflow to 0.
     """
     alpha = _check_unit_scalar("alpha", alpha)
     gamma = _check_gamma(gamma)
@@ -137,8 +166,27 @@ def reweighting(
     _check_scores(loc_a, cls_c)
     if loc_a.numel() == 0:
         return loc_a.new_empty((0,))
-    r = (alpha * _f(loc_a, eps) + (1.0 - alpha) * _f(cls_c, eps)) ** gamma  # Eq. (4)
-    return r / r.mean()
+    # log of Eq. (4)'s base α f(loc_a) + (1-α) f(cls_c), in [0, -log ε], computed once per
+    # distinct (loc_a, cls_c): equal inputs get bit-equal weights (vectorised log / exp may round
+    # differently in different lanes, and γ amplifies any difference)
+    (loc, cls), inverse = _unique_pairs(loc_a, cls_c)
+    log_base = _log_mix(alpha, _log_f(loc, eps), _log_f(cls, eps))[inverse]
+    return _normalised_power(log_base, gamma).to(loc_a.dtype)
+
+
+def _unique_pairs(loc_a: torch.Tensor, cls_c: torch.Tensor):
+    """The distinct (loc_a, cls_c) pairs as two float64 tensors, and the inverse index."""
+    pairs = torch.stack([loc_a.double(), cls_c.double()])
+    unique, inverse = torch.unique(pairs, dim=1, return_inverse=True)
+    return (unique[0], unique[1]), inverse
+
+
+def _normalised_power(log_base: torch.Tensor, gamma: float) -> torch.Tensor:
+    """base^γ / mean(base^γ) from a float64 (P,) tensor of finite log bases, P >= 1:
+    exp(γ (log b - max log b)) is in [0, 1] with a maximum of 1, so the mean is >= 1/P and the
+    quotient is finite (no inf / inf) for every finite γ >= 0."""
+    z = torch.exp(gamma * (log_base - log_base.max()))  # 0 * (-x) = 0 for γ = 0: all ones
+    return z / z.mean()
 
 
 def released_soft_labels(loc_a: torch.Tensor, cls_c: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -175,14 +223,17 @@ def released_reweighting(
     """Re-weighting factors of the released code, for the positives of ONE image.
 
     ``r = (α·f(loc_a)/mean f(loc_a) + (1-α)·f(cls_c)/mean f(cls_c))^γ``. The released code has no
-    γ (γ = 1 reproduces it) and no ε. With γ = 1 the mean of r is 1.
+    γ (γ = 1 reproduces it, and the mean of r is then 1) and no ε. For γ != 1 the result is
+    normalised to mean 1 and computed in log space (as :func:`reweighting`), so that it stays
+    finite for every finite γ; the released variant's losses rescale the weights to preserve the
+    loss sums, so this scale does not change the losses.
 
     Args:
         loc_a, cls_c: (P,) float tensors in [0, 1], the positives of one image.
         alpha: α in [0, 1]; gamma: γ >= 0; eps: ε in (0, 1), as in :func:`reweighting`.
 
     Returns:
-        (P,) positive finite tensor (empty if P = 0).
+        (P,) finite, non-negative tensor (empty if P = 0), mean 1.
     """
     alpha = _check_unit_scalar("alpha", alpha)
     gamma = _check_gamma(gamma)
@@ -190,8 +241,16 @@ def released_reweighting(
     _check_scores(loc_a, cls_c)
     if loc_a.numel() == 0:
         return loc_a.new_empty((0,))
-    f_loc, f_cls = _f(loc_a, eps), _f(cls_c, eps)
-    return (alpha * f_loc / f_loc.mean() + (1.0 - alpha) * f_cls / f_cls.mean()) ** gamma
+    log_p = math.log(loc_a.numel())
+    (loc, cls), inverse = _unique_pairs(loc_a, cls_c)  # see reweighting()
+    log_f_loc, log_f_cls = _log_f(loc, eps), _log_f(cls, eps)
+    # log(f / mean f) for each term, in log space (f reaches 1/ε); means over all P positives
+    log_loc = log_f_loc - (torch.logsumexp(log_f_loc[inverse], 0) - log_p)
+    log_cls = log_f_cls - (torch.logsumexp(log_f_cls[inverse], 0) - log_p)
+    log_base = _log_mix(alpha, log_loc, log_cls)[inverse]  # base <= P: exp() is finite
+    if gamma == 1.0:
+        return torch.exp(log_base).to(loc_a.dtype)  # the released code
+    return _normalised_power(log_base, gamma).to(loc_a.dtype)
 
 
 def _safe_ratio(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

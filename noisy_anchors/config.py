@@ -1,8 +1,10 @@
 """Config keys of Noisy Anchors, under ``MODEL.NOISY_ANCHORS``."""
 
+import numbers
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_noisy_anchors_config"]
+__all__ = ["add_noisy_anchors_config", "check_noisy_anchors_config"]
 
 
 def add_noisy_anchors_config(cfg: CN) -> None:
@@ -18,7 +20,7 @@ def add_noisy_anchors_config(cfg: CN) -> None:
     # Table 4(c): 0.75 is best.
     _C.MODEL.NOISY_ANCHORS.ALPHA = 0.75
     # gamma: exponent of the re-weighting factor r (Eq. 4); Table 4(a) and the paper use 1.
-    # gamma = 0 makes every r equal to 1.
+    # gamma = 0 makes every r equal to 1. Any finite gamma >= 0 (r is computed in log space).
     _C.MODEL.NOISY_ANCHORS.GAMMA = 1.0
     # epsilon (not in the paper): f(x) = 1/(1-x) of Eq. 4 is evaluated at min(x, 1 - epsilon),
     # so r stays finite when loc_a or cls_c reaches 1 (then f <= 1/epsilon).
@@ -34,3 +36,23 @@ def add_noisy_anchors_config(cfg: CN) -> None:
     # SR of Table 3: weight the positives' classification and regression losses by r
     # (Eqs. 5-6); False: weight 1.
     _C.MODEL.NOISY_ANCHORS.REWEIGHTING = True
+
+
+def check_noisy_anchors_config(cfg: CN) -> None:
+    """Raise a ValueError naming the key and its valid range for any bad value under
+    ``cfg.MODEL.NOISY_ANCHORS``; called when ``NoisyAnchorsRetinaNet`` / ``NoisyAnchorsRPN`` are
+    built from a config, so that a bad value fails there and not at the first iteration."""
+    from ._common import check_noisy_args  # not at import: _common imports the method
+
+    na = cfg.MODEL.NOISY_ANCHORS
+    if isinstance(na.TOPN, bool) or not isinstance(na.TOPN, numbers.Integral) or na.TOPN < 1:
+        raise ValueError(
+            "top_n (MODEL.NOISY_ANCHORS.TOPN) must be an integer >= 1 (N of Alg. 1, the "
+            f"candidate positives per ground truth), got {na.TOPN!r}"
+        )
+    for key, arg in (("SOFT_LABELS", "soft_labels"), ("REWEIGHTING", "reweighting")):
+        if not isinstance(na[key], bool):
+            raise ValueError(
+                f"{arg} (MODEL.NOISY_ANCHORS.{key}) must be True or False, got {na[key]!r}"
+            )
+    check_noisy_args(na.ALPHA, na.GAMMA, na.VARIANT, na.EPS)

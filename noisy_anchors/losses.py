@@ -176,7 +176,8 @@ def noisy_anchors_dense_losses(
     Returns:
         dict with ``loss_cls`` and ``loss_box_reg`` (scalar tensors, sums over anchors, to be
         divided by the caller's normaliser), ``num_pos`` (int) and the float statistics
-        ``mean_loc_a``, ``mean_cls_c``, ``mean_target``, ``mean_weight``, ``max_weight``
+        ``mean_loc_a``, ``mean_cls_c``, ``mean_target``, ``mean_weight``, ``max_weight``,
+        ``max_weight_over_mean`` (the largest r over the mean r of the batch's positives)
         (0 when there are no positives).
     """
     if variant not in VARIANTS:
@@ -249,4 +250,6 @@ def noisy_anchors_dense_losses(
         "mean_target": targets.mean().item() if has_pos else 0.0,
         "mean_weight": weights.mean().item() if has_pos else 0.0,
         "max_weight": weights.max().item() if has_pos else 0.0,
+        # Eq. (4) can put ~100x the mean weight on one anchor (see noisy_anchors.cleanliness)
+        "max_weight_over_mean": (weights.max() / weights.mean()).item() if has_pos else 0.0,
     }

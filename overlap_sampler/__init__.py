@@ -5,7 +5,7 @@ samplers ``OverlapSampler``, ``OverlapSamplerRandom``, ``OverlapSamplerIoUBalanc
 ``OVERLAP_SAMPLER_REGISTRY``.
 """
 
-from .config import add_overlap_sampler_config
+from .config import add_overlap_sampler_config, check_overlap_sampler_config
 from .losses import WEIGHT_FIELD, LossWeightMixin, OverlapSamplerOutputLayers
 from .roi_heads import OverlapSamplerROIHeads
 from .samplers import (

@@ -1,8 +1,11 @@
 """Config keys of the Overlap Sampler, under ``cfg.MODEL.OVERLAP_SAMPLER``."""
 
+import math
+import numbers
+
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_overlap_sampler_config"]
+__all__ = ["add_overlap_sampler_config", "check_overlap_sampler_config"]
 
 
 def add_overlap_sampler_config(cfg: CN) -> None:
@@ -54,3 +57,73 @@ def add_overlap_sampler_config(cfg: CN) -> None:
     # Examples that IoU^{p,e} is taken against: "negatives" (Figure 3: the overlap between
     # positives and negatives) or "examples" (all other examples, positives included).
     _C.MODEL.OVERLAP_SAMPLER.POSITIVE.IOU_WITH = "negatives"
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _require(ok: bool, key: str, expected: str, value) -> None:
+    if not ok:
+        raise ValueError(f"MODEL.OVERLAP_SAMPLER.{key} must be {expected}, got {value!r}")
+
+
+def check_overlap_sampler_config(cfg: CN) -> None:
+    """Raise a ValueError naming the key and its valid range for any bad value under
+    ``cfg.MODEL.OVERLAP_SAMPLER``. Called when the ROI heads or a sampler are built, so that a bad
+    value fails there and not at the first training iteration."""
+    from .samplers import OVERLAP_SAMPLER_REGISTRY  # not at import: samplers needs no config
+    from .sampling import STRATEGIES
+
+    oc = cfg.MODEL.OVERLAP_SAMPLER
+    _require(
+        _is_number(oc.THRESHOLD) and 0.0 <= oc.THRESHOLD <= 1.0,
+        "THRESHOLD",
+        "a number in [0, 1] (θ of Eq. 1)",
+        oc.THRESHOLD,
+    )
+    _require(
+        _is_number(oc.EPSILON) and oc.EPSILON > 0.0,
+        "EPSILON",
+        "a finite number > 0 (ε of §3.2; 1.0 turns the re-weighting off)",
+        oc.EPSILON,
+    )
+    names = sorted(name for name, _ in OVERLAP_SAMPLER_REGISTRY)
+    for side in ("NEGATIVE", "POSITIVE"):
+        node = oc[side]
+        _require(node.NAME in names, f"{side}.NAME", f"one of {', '.join(names)}", node.NAME)
+        _require(
+            node.STRATEGY in STRATEGIES,
+            f"{side}.STRATEGY",
+            f"one of {', '.join(STRATEGIES)}",
+            node.STRATEGY,
+        )
+        _require(
+            _is_integer(node.NUM_BINS) and node.NUM_BINS >= 1,
+            f"{side}.NUM_BINS",
+            "an integer >= 1 (K of Eq. 2)",
+            node.NUM_BINS,
+        )
+        _require(
+            _is_number(node.INTERVAL_MAX) and 0.0 <= node.INTERVAL_MAX <= 1.0,
+            f"{side}.INTERVAL_MAX",
+            "0 (the image's largest IoU, as Eq. 2 is written) or in (0, 1] (a fixed IoU_max, "
+            "footnote 3)",
+            node.INTERVAL_MAX,
+        )
+    _require(
+        _is_integer(oc.NEGATIVE.LIBRA_NUM_BINS) and oc.NEGATIVE.LIBRA_NUM_BINS >= 1,
+        "NEGATIVE.LIBRA_NUM_BINS",
+        "an integer >= 1 (K of the IoU-balanced baseline)",
+        oc.NEGATIVE.LIBRA_NUM_BINS,
+    )
+    _require(
+        oc.POSITIVE.IOU_WITH in ("negatives", "examples"),
+        "POSITIVE.IOU_WITH",
+        "one of negatives, examples",
+        oc.POSITIVE.IOU_WITH,
+    )

@@ -1,5 +1,6 @@
 """``OverlapSamplerROIHeads``: ``StandardROIHeads`` trained with the Overlap Sampler."""
 
+import math
 from typing import Dict, List
 
 import numpy as np
@@ -10,9 +11,10 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
+from .config import check_overlap_sampler_config
 from .losses import WEIGHT_FIELD, OverlapSamplerOutputLayers
 from .samplers import ImageExamples, build_overlap_sampler
-from .sampling import best_positive_weights, bin_indices, overlaps_among_examples
+from .sampling import _check_args, best_positive_weights, bin_indices, overlaps_among_examples
 
 __all__ = ["OverlapSamplerROIHeads"]
 
@@ -72,10 +74,11 @@ class OverlapSamplerROIHeads(StandardROIHeads):
                 ``loss_weight`` field (e.g. ``OverlapSamplerOutputLayers``) for ε to act.
         """
         super().__init__(**kwargs)
-        if not epsilon > 0:
-            raise ValueError(f"epsilon (ε) must be > 0, got {epsilon!r}")
+        if not (epsilon > 0 and math.isfinite(epsilon)):
+            raise ValueError(f"epsilon (ε) must be a finite number > 0, got {epsilon!r}")
         if pe_with not in ("negatives", "examples"):
             raise ValueError(f"pe_with must be one of negatives, examples; got {pe_with!r}")
+        _check_args(0, "soft", log_num_bins, threshold, log_interval_max)
         self.negative_sampler = negative_sampler
         self.positive_sampler = positive_sampler
         self.epsilon = float(epsilon)
@@ -86,6 +89,7 @@ class OverlapSamplerROIHeads(StandardROIHeads):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
+        check_overlap_sampler_config(cfg)  # every key, with its valid range, at model build
         ret = super().from_config(cfg, input_shape)
         oc = cfg.MODEL.OVERLAP_SAMPLER
         ret.update(

@@ -13,7 +13,8 @@ import torch
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 
-from .sampling import STRATEGIES, sample_iou_balanced, sample_negatives, sample_positives
+from .config import check_overlap_sampler_config
+from .sampling import _check_args, sample_iou_balanced, sample_negatives, sample_positives
 
 __all__ = [
     "OVERLAP_SAMPLER_REGISTRY",
@@ -89,8 +90,7 @@ class OverlapSampler:
             threshold: θ of Eq. (1).
             interval_max: IoU_max of Eq. (2); None: the image's largest IoU (footnote 3).
         """
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
+        _check_args(0, strategy, num_bins, threshold, interval_max)
         self.strategy = strategy
         self.num_bins = int(num_bins)
         self.threshold = float(threshold)
@@ -157,6 +157,7 @@ class OverlapSamplerIoUBalanced:
         Args:
             num_bins: K, the number of equal bins over [0, the image's largest IoU_gn].
         """
+        _check_args(0, "soft", num_bins, 0.5, None)
         self.num_bins = int(num_bins)
 
     @classmethod
@@ -185,6 +186,8 @@ class OverlapSamplerIoUBalanced:
 
 def build_overlap_sampler(cfg, side: str):
     """The sampler named by ``MODEL.OVERLAP_SAMPLER.<SIDE>.NAME`` for ``side`` ("negative" or
-    "positive")."""
+    "positive"); raises a ValueError naming the key for any bad ``MODEL.OVERLAP_SAMPLER`` value
+    (:func:`~overlap_sampler.config.check_overlap_sampler_config`)."""
+    check_overlap_sampler_config(cfg)
     name = _side_node(cfg, side).NAME
     return OVERLAP_SAMPLER_REGISTRY.get(name)(cfg, side)

@@ -8,8 +8,25 @@ from collections.abc import Callable
 
 import pytest
 from detectron2.engine import default_argument_parser
+from hypothesis import HealthCheck, settings
 
 from d2kit.paths import REPO_ROOT
+
+# Property-based tests (tests/*/test_*properties.py). "ci", the default: a fixed, derandomized set
+# of examples (the same on every run and machine), no example database, no deadline (a loaded
+# CI machine must not fail a test for being slow); all of them together take well under a minute.
+# "dev" (HYPOTHESIS_PROFILE=dev): random, 4x the examples, for hunting bugs locally.
+settings.register_profile(
+    "ci",
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", max_examples=400, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 PROJECTS_ROOT = os.path.join(REPO_ROOT, "projects")
 

@@ -17,9 +17,14 @@ from d2kit.data import (
 )
 
 
-def _image(path, width, height, fmt):
+def _image(path, width, height, fmt, orientation=None):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(path, fmt)
+    kwargs = {}
+    if orientation is not None:  # EXIF orientation tag (6: rotate 90° on display)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        kwargs["exif"] = exif
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(path, fmt, **kwargs)
 
 
 @pytest.fixture
@@ -81,6 +86,8 @@ def sku(tmp_path):
         "test_1.jpg,8,8,8,12,object,32,32",  # zero width: dropped
     ]
     (root / "annotations" / "annotations_test.csv").write_text("\n".join(rows) + "\n")
+    _image(str(root / "images" / "test_0.jpg"), 100, 80, "JPEG")
+    _image(str(root / "images" / "test_1.jpg"), 32, 32, "JPEG")
     return root
 
 
@@ -133,4 +140,91 @@ def test_carpk_bad_files(carpk):
         load_carpk(str(carpk), "test")
     (carpk / "ImageSets" / "test.txt").write_text("missing_id\n")
     with pytest.raises(FileNotFoundError, match="missing_id.txt"):
+        load_carpk(str(carpk), "test")
+
+
+# ---------------------------------------------------------------- bad input names file and line
+
+
+def test_empty_files_raise_naming_the_file(tmp_path, crowdhuman, sku, carpk):
+    # used to load as zero images; training then failed with "Dataset ... is empty!"
+    for text in ("", "\n\n"):
+        odgt = tmp_path / "annotation_empty.odgt"
+        odgt.write_text(text)
+        with pytest.raises(ValueError, match=r"annotation_empty.odgt: no records \(empty file\)"):
+            load_crowdhuman_odgt(str(odgt), str(crowdhuman / "Images"))
+        csv_file = tmp_path / "annotations_empty.csv"
+        csv_file.write_text(text)
+        with pytest.raises(ValueError, match=r"annotations_empty.csv: no rows \(empty file\)"):
+            load_sku110k_csv(str(csv_file), str(sku / "images"))
+        (carpk / "ImageSets" / "test.txt").write_text(text)
+        with pytest.raises(ValueError, match=r"ImageSets/test.txt: no image ids \(empty file\)"):
+            load_carpk(str(carpk), "test")
+
+
+def _csv(tmp_path, *rows):
+    path = tmp_path / "annotations_x.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+def test_sku110k_boxes_outside_the_stated_size_name_the_line(tmp_path, sku):
+    images = str(sku / "images")
+    # the height 80 cut short to 8: the boxes of line 2 lie below the stated image
+    path = _csv(
+        tmp_path, "test_0.jpg,10,2,30,7,object,100,8", "test_0.jpg,10,20,30,40,object,100,8"
+    )
+    with pytest.raises(ValueError, match=r"annotations_x.csv:2: box .* outside the stated image "
+                                         r"size 100x8 .* truncated"):  # fmt: skip
+        load_sku110k_csv(path, images)
+    path = _csv(tmp_path, "test_1.jpg,-2.5,1,5,5,object,32,32")
+    with pytest.raises(ValueError, match=r"annotations_x.csv:1: box"):
+        load_sku110k_csv(path, images)
+    # a pixel of rounding is fine
+    path = _csv(tmp_path, "test_1.jpg,-1,-0.5,33,32.9,object,32,32")
+    assert load_sku110k_csv(path, images)[0]["annotations"][0]["bbox"] == [-1, -0.5, 33, 32.9]
+
+
+def test_sku110k_rows_of_one_image_must_state_one_size(tmp_path, sku):
+    path = _csv(tmp_path, "test_0.jpg,1,1,5,5,object,100,80", "test_0.jpg,1,1,5,5,object,100,8")
+    with pytest.raises(ValueError, match=r"annotations_x.csv:2: test_0.jpg is stated as 100x8 "
+                                         r"here but 100x80 at line 1"):  # fmt: skip
+        load_sku110k_csv(path, str(sku / "images"))
+
+
+def test_sku110k_stated_size_is_checked_against_the_image_header(tmp_path, sku):
+    images = str(sku / "images")
+    # 101 px wide in the csv, 100 px in the file: used to fail much later in the mapper
+    path = _csv(tmp_path, "test_1.jpg,1,1,5,5,object,32,32", "test_0.jpg,1,1,5,5,object,101,80")
+    with pytest.raises(ValueError, match=r"annotations_x.csv:2: the csv states 101x80 for .*"
+                                         r"test_0.jpg, whose header says 100x80"):  # fmt: skip
+        load_sku110k_csv(path, images)
+    # the option that skips the header read (still checks that the image exists)
+    assert len(load_sku110k_csv(path, images, check_image_sizes=False)) == 2
+    (name,) = register_sku110k(str(sku), splits=("test",), check_image_sizes=False)
+    assert len(DatasetCatalog.get(name)) == 2
+
+
+def test_sku110k_size_follows_the_exif_orientation(tmp_path, sku):
+    # stored 40 x 30, displayed (and read by detectron2's mapper) 30 x 40
+    _image(str(sku / "images" / "rot.jpg"), 40, 30, "JPEG", orientation=6)
+    (d,) = load_sku110k_csv(_csv(tmp_path, "rot.jpg,1,1,5,5,object,30,40"), str(sku / "images"))
+    assert (d["width"], d["height"]) == (30, 40)
+    with pytest.raises(ValueError, match="whose header says 30x40"):
+        load_sku110k_csv(_csv(tmp_path, "rot.jpg,1,1,5,5,object,40,30"), str(sku / "images"))
+
+
+def test_missing_images_name_the_annotation_file_and_line(tmp_path, sku, crowdhuman, carpk):
+    path = _csv(tmp_path, "test_0.jpg,1,1,5,5,object,100,80", "gone.jpg,1,1,5,5,object,100,80")
+    for check in (True, False):
+        with pytest.raises(FileNotFoundError, match=r"annotations_x.csv:2: image not found: "
+                                                    r".*gone.jpg"):  # fmt: skip
+            load_sku110k_csv(path, str(sku / "images"), check_image_sizes=check)
+    odgt = crowdhuman / "annotation_val.odgt"
+    odgt.write_text(odgt.read_text().strip() + "\n" + '{"ID": "nope", "gtboxes": []}\n')
+    with pytest.raises(FileNotFoundError, match=r"annotation_val.odgt:2: image not found: .*nope"):
+        load_crowdhuman_odgt(str(odgt), str(crowdhuman / "Images"))
+    (carpk / "ImageSets" / "test.txt").write_text("20160331_NTU_00001\n")
+    os.remove(carpk / "Images" / "20160331_NTU_00001.png")
+    with pytest.raises(FileNotFoundError, match=r"ImageSets/test.txt:1: image not found"):
         load_carpk(str(carpk), "test")

@@ -71,7 +71,8 @@ def test_released_reweighting_by_hand():
     # r = 0.75*[2/3, 4/3] + 0.25*[4/3, 2/3] = [5/6, 7/6]
     r = released_reweighting(loc, cls, 0.75)
     assert _close(r, [5 / 6, 7 / 6])
-    assert _close(released_reweighting(loc, cls, 0.75, gamma=2.0), [25 / 36, 49 / 36])
+    # γ != 1 (not in the released code): base^γ normalised to mean 1, [25, 49] / 37
+    assert _close(released_reweighting(loc, cls, 0.75, gamma=2.0), [25 / 37, 49 / 37])
     assert torch.isfinite(released_reweighting(T([1.0, 0.2]), T([1.0, 1.0]), 0.75)).all()
 
 
@@ -136,3 +137,38 @@ def test_bad_variant_and_split():
         soft_labels_and_weights(T([0.5]), T([0.5]), [1], alpha=0.5, gamma=1.0, variant="v2")
     with pytest.raises(ValueError, match="num_per_image"):
         soft_labels_and_weights(T([0.5]), T([0.5]), [2], alpha=0.5, gamma=1.0)
+
+
+def test_reweighting_stays_finite_for_large_gamma():
+    # f(0.9999) is capped at 1/ε = 1000: base = 0.75*1000 + 0.25/(1 - 0.3) = 750.36; base^20 =
+    # 3e57 overflowed float32 and r / mean(r) gave [nan, 0]. In log space: r_i / mean r =
+    # 2 / (1 + (b_2 / b_1)^20) ~ [2, 2 (b_2 / b_1)^20 ~ 1e-48 -> 0 in float32].
+    r = reweighting(T([0.9999, 0.5]), T([0.3, 0.2]), 0.75, 20.0)
+    assert torch.isfinite(r).all() and r.tolist() == pytest.approx([2.0, 0.0], abs=1e-6)
+    b1, b2 = 0.75 * 1000 + 0.25 / 0.7, 0.75 * 2 + 0.25 / 0.8
+    r64 = reweighting(T([0.9999, 0.5], dtype=torch.float64), T([0.3, 0.2]).double(), 0.75, 20.0)
+    assert r64[1].item() == pytest.approx(2 * (b2 / b1) ** 20 / (1 + (b2 / b1) ** 20), rel=1e-9)
+    for gamma in (1e3, 1e300):  # every finite γ: the heaviest anchors share all the weight
+        r = reweighting(T([0.9999, 0.9999, 0.5]), T([0.3, 0.3, 0.2]), 0.75, gamma)
+        assert r.tolist() == pytest.approx([1.5, 1.5, 0.0])
+    half = reweighting(T([0.9999, 0.5]).half(), T([0.3, 0.2]).half(), 0.75, 20.0)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+
+
+def test_released_reweighting_stays_finite_for_large_gamma():
+    loc, cls = torch.linspace(0, 1, 200), torch.linspace(1, 0, 200)
+    r = released_reweighting(loc, cls, 0.75, gamma=50.0)  # base up to ~100: 100^50 overflowed
+    assert torch.isfinite(r).all() and r.mean().item() == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("fn", [reweighting, released_reweighting])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_reweighting_is_finite_for_every_eps(fn, dtype):
+    # 1 - ε rounds to 1 (ε < 2^-53 in float64, ε < 2^-11 in float16) and 1/ε overflows for
+    # ε < 1/DBL_MAX: f(1) used to be inf and r NaN (found by the property tests). f is now
+    # -log(max(1 - x, ε)) in log space.
+    loc, cls = T([1.0, 0.5, 0.2], dtype=dtype), T([0.3, 1.0, 0.0], dtype=dtype)
+    for eps in (1e-4, 1e-20, 5e-324):
+        r = fn(loc, cls, 0.75, 1.0, eps=eps)
+        assert torch.isfinite(r).all() and (r >= 0).all(), eps
+        assert r.double().mean().item() == pytest.approx(1.0, rel=1e-2)

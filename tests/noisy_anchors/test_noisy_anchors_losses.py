@@ -191,3 +191,29 @@ def test_dense_loss_bad_shapes_and_variant():
         noisy_anchors_dense_losses(**_dense_case(), variant="v2")
     with pytest.raises(ValueError, match="box_reg_loss_type"):
         noisy_anchors_dense_losses(**_dense_case(), box_reg_loss_type="l2")
+
+
+def test_weight_concentration_is_reported_and_logged(caplog, monkeypatch):
+    from detectron2.utils.events import EventStorage
+
+    from noisy_anchors._common import log_noisy_stats
+
+    case = _dense_case()
+    out = noisy_anchors_dense_losses(**case, alpha=0.75, gamma=1.0)
+    r = reweighting(T([0.5, 1.0]), torch.sigmoid(T([1.0, -1.0])), 0.75, 1.0)
+    assert out["max_weight_over_mean"] == pytest.approx((r.max() / r.mean()).item())
+    # Eq. (4) with f capped at 1/ε = 1000: one exactly localised anchor among 300 typical ones
+    # gets 750.4 * 300 / (750.4 + 299 * 2.0) = 167x the mean weight
+    loc = torch.cat([T([1.0]), torch.full((299,), 0.5)])
+    cls = torch.cat([T([0.5]), torch.full((299,), 0.5)])
+    heavy = reweighting(loc, cls, 0.75, 1.0)
+    assert (heavy.max() / heavy.mean()).item() == pytest.approx(750.5 * 300 / (750.5 + 299 * 2))
+    stats = {**out, "max_weight": heavy.max().item(), "max_weight_over_mean": 167.0}
+    import detectron2.utils.logger as d2_logger
+
+    monkeypatch.setattr(d2_logger, "_LOG_TIMER", {})  # the warning is rate-limited per call site
+    with EventStorage() as storage, caplog.at_level("WARNING", logger="noisy_anchors"):
+        log_noisy_stats("", stats, 0.75, 2)
+        scalars = {k: v.latest() for k, v in storage.histories().items()}
+    assert scalars["noisy_anchors/max_weight_over_mean"] == 167.0
+    assert any("167x the mean" in rec.getMessage() for rec in caplog.records)

@@ -272,3 +272,26 @@ def test_rpn_composes_with_another_rpn_subclass():
     assert _MarkedProposalsRPN.calls == 1  # the other subclass's hook ran
     assert "noisy_anchors/rpn/mean_cleanliness" in scalars  # and the Noisy Anchors losses
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("TOPN", 0, r"top_n \(MODEL.NOISY_ANCHORS.TOPN\) must be an integer >= 1"),
+        ("TOPN", True, r"MODEL.NOISY_ANCHORS.TOPN\) must be an integer >= 1"),
+        ("ALPHA", float("nan"), r"MODEL.NOISY_ANCHORS.ALPHA\) must be in \[0, 1\]"),
+        ("GAMMA", float("inf"), r"MODEL.NOISY_ANCHORS.GAMMA\) must be finite and >= 0"),
+        ("GAMMA", float("nan"), r"MODEL.NOISY_ANCHORS.GAMMA\) must be finite and >= 0"),
+        ("EPS", 0.0, r"MODEL.NOISY_ANCHORS.EPS\) must be in \(0, 1\)"),
+        ("EPS", 1.0, r"MODEL.NOISY_ANCHORS.EPS\) must be in \(0, 1\)"),
+        ("SOFT_LABELS", "False", r"MODEL.NOISY_ANCHORS.SOFT_LABELS\) must be True or False"),
+        ("REWEIGHTING", 1, r"MODEL.NOISY_ANCHORS.REWEIGHTING\) must be True or False"),
+    ],
+)
+@pytest.mark.parametrize("cfg_fn", ["retinanet", "rpn"])
+def test_every_noisy_anchors_key_is_checked_at_build(cfg_fn, key, value, message):
+    # GAMMA = inf used to build and fail at the first iteration; SOFT_LABELS = "False" (a string)
+    # used to switch soft labels on
+    cfg = (_retinanet_cfg if cfg_fn == "retinanet" else _rpn_cfg)(**{key: value})
+    with pytest.raises(ValueError, match=message):
+        build_model(cfg)

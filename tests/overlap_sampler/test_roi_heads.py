@@ -330,3 +330,53 @@ def test_image_examples_positions_index_candidates():
     assert libra(ex, "negative", 3).tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="negatives only"):
         libra(ex, "positive", 1)
+
+
+# ---------------------------------------------------------------- config checks at model build
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("NEGATIVE.NUM_BINS", 0, r"NEGATIVE.NUM_BINS must be an integer >= 1 \(K of Eq. 2\)"),
+        ("POSITIVE.NUM_BINS", -2, r"POSITIVE.NUM_BINS must be an integer >= 1"),
+        ("NEGATIVE.LIBRA_NUM_BINS", 0, r"NEGATIVE.LIBRA_NUM_BINS must be an integer >= 1"),
+        ("THRESHOLD", 1.5, r"THRESHOLD must be a number in \[0, 1\] \(θ of Eq. 1\), got 1.5"),
+        ("THRESHOLD", float("nan"), r"THRESHOLD must be a number in \[0, 1\]"),
+        ("EPSILON", 0.0, r"EPSILON must be a finite number > 0"),
+        ("EPSILON", float("inf"), r"EPSILON must be a finite number > 0"),
+        ("NEGATIVE.INTERVAL_MAX", 1.5, r"NEGATIVE.INTERVAL_MAX must be 0 .* or in \(0, 1\]"),
+        ("NEGATIVE.INTERVAL_MAX", -0.5, r"NEGATIVE.INTERVAL_MAX must be 0 .* got -0.5"),
+        ("POSITIVE.INTERVAL_MAX", -1e-9, r"POSITIVE.INTERVAL_MAX must be 0"),
+        ("NEGATIVE.STRATEGY", "hardest", r"NEGATIVE.STRATEGY must be one of uniform, hard"),
+        ("POSITIVE.STRATEGY", "", r"POSITIVE.STRATEGY must be one of"),
+        ("NEGATIVE.NAME", "OHEM", r"NEGATIVE.NAME must be one of .*OverlapSamplerIoUBalanced"),
+        ("POSITIVE.IOU_WITH", "all", r"POSITIVE.IOU_WITH must be one of negatives, examples"),
+        ("NEGATIVE.NUM_BINS", 2.5, r"NEGATIVE.NUM_BINS must be an integer >= 1"),
+        ("THRESHOLD", True, r"THRESHOLD must be a number"),
+    ],
+)
+def test_bad_config_values_fail_at_model_build_naming_the_key(key, value, message):
+    # used to build a model and fail at the first iteration (or, for a negative INTERVAL_MAX,
+    # to be read silently as "the image's maximum")
+    cfg = _cfg()
+    node = cfg.MODEL.OVERLAP_SAMPLER
+    *parents, leaf = key.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    with pytest.raises(ValueError, match="MODEL.OVERLAP_SAMPLER." + message):
+        build_roi_heads(cfg, {"p2": ShapeSpec(channels=8, stride=4)})
+    with pytest.raises(ValueError, match="MODEL.OVERLAP_SAMPLER."):
+        build_overlap_sampler(cfg, "negative" if "POSITIVE" not in key else "positive")
+
+
+def test_bad_keyword_arguments_fail_at_construction():
+    with pytest.raises(ValueError, match=r"num_bins \(K\) must be an int >= 1"):
+        OverlapSampler(num_bins=0)
+    with pytest.raises(ValueError, match=r"threshold \(θ\) must be in \[0, 1\]"):
+        OverlapSampler(threshold=1.5)
+    with pytest.raises(ValueError, match=r"interval_max must be None or in \(0, 1\]"):
+        OverlapSampler(interval_max=-0.5)
+    with pytest.raises(ValueError, match=r"num_bins \(K\) must be an int >= 1"):
+        OverlapSamplerIoUBalanced(num_bins=0)
