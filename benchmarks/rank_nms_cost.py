@@ -12,8 +12,9 @@ the weights except for the number of detections that reach NMS):
   ``rank_nms_faster_rcnn_R_50_FPN_1x.yaml`` (R-50-FPN, 800 px, 1000 test RoIs, 512 training
   RoIs, rank head 2 × FC 1024).
 
-Inputs are the first images of ``synth_shapes_val_mini`` through Detectron2's mappers (resized
-to each config's input size). Writes ``benchmarks/results/rank_nms_cost.json``.
+Training steps run at learning rate 0 (the same work; the weights stay put). Inputs are the
+first images of ``synth_shapes_val_mini`` through Detectron2's mappers (resized to each
+config's input size). Writes ``benchmarks/results/rank_nms_cost.json``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def _cfg(config):
     cfg = train_net.setup(args, [rank_nms.add_rank_nms_config])
     cfg.defrost()
     cfg.SOLVER.IMS_PER_BATCH = 2
+    # A step costs the same at any learning rate; at 0 the randomly initialised R-50 cannot
+    # diverge over the repeats.
+    cfg.SOLVER.BASE_LR = 0.0
     return cfg
 
 

@@ -272,6 +272,35 @@ def _print_table(title, groups, names, labels):
         print(f"{labels.get(name, name)[:38]:38s}{cells}  {len(rows)}")
 
 
+def _print_paired(table: dict) -> None:
+    """Differences paired by seed: each trained run against the baseline trained with the same
+    seed, and each test-time variant against its own weights' default evaluation."""
+    metrics = ("AP", "AP50", "AP80", "AP90")
+    train = table.get("train", {})
+    rows = []
+    for row in train.values():
+        ref = train.get(f"baseline/s{row['seed']}")
+        if row["run"] != "baseline" and ref:
+            rows.append((f"{row['run']} − baseline", row, ref))
+    for row in table.get("evals", {}).values():
+        ref = train.get(f"{row['weights_of']}/s{row['seed']}")
+        if ref:
+            rows.append((f"{row['eval']} − {row['weights_of']} (same weights)", row, ref))
+    groups = {}
+    for name, row, ref in rows:
+        diff = {m: row["bbox"].get(m, np.nan) - ref["bbox"].get(m, np.nan) for m in metrics}
+        groups.setdefault(name, []).append(diff)
+    print("\nDifferences paired by seed (mean ± std of the per-seed differences)")
+    print(f"{'':52s}" + "".join(f"{'Δ' + m:>15s}" for m in metrics) + "  seeds")
+    for name in sorted(groups):
+        diffs = groups[name]
+        cells = ""
+        for m in metrics:
+            values = [d[m] for d in diffs]
+            cells += f"{f'{np.mean(values):+.2f} ± {np.std(values):.2f}':>15s}"
+        print(f"{name[:52]:52s}{cells}  {len(diffs)}")
+
+
 def cmd_report(args) -> None:
     import matplotlib
 
@@ -285,19 +314,29 @@ def cmd_report(args) -> None:
     _print_table("Trained runs (synth_shapes_val, mean ± std over seeds)", train, RUNS, labels)
     _print_table("Test-time variants of trained weights", evals, EVALS, labels)
 
+    _print_paired(table)
+
     if "baseline" in train and "rank_nms" in train:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
         thresholds = ["AP50", "AP60", "AP70", "AP80", "AP90"]
         x = np.arange(len(thresholds))
-        for i, run in enumerate(("baseline", "rank_nms")):
-            means = [_stats(train[run], m)[0] for m in thresholds]
-            stds = [_stats(train[run], m)[1] for m in thresholds]
-            ax.bar(x + (i - 0.5) * 0.38, means, 0.38, yerr=stds, capsize=3, label=labels[run])
+        bars = [
+            ("baseline (Detectron2 heads)", train["baseline"]),
+            ("Rank-NMS weights, NMS on s_c (β = 0)", evals.get("nms_cls")),
+            ("Rank-NMS (β = 0.15)", train["rank_nms"]),
+        ]
+        bars = [(label, rows) for label, rows in bars if rows]
+        width = 0.8 / len(bars)
+        for i, (label, rows) in enumerate(bars):
+            means = [_stats(rows, m)[0] for m in thresholds]
+            stds = [_stats(rows, m)[1] for m in thresholds]
+            offset = (i - (len(bars) - 1) / 2) * width
+            ax.bar(x + offset, means, width, yerr=stds, capsize=2, label=label)
         ax.set_xticks(x, thresholds)
-        ax.set_ylabel("box AP (%)")
-        ax.set_ylim(bottom=max(0, min(_stats(train["baseline"], "AP90")[0] - 15, 60)))
-        ax.legend(fontsize=7)
-        ax.set_title("Quick Faster R-CNN on synth_shapes_val", fontsize=9)
+        ax.set_ylabel("box AP (%), mean ± std over seeds")
+        ax.set_ylim(0, 100)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+        ax.set_title("Quick Faster R-CNN, synth_shapes_val (synthetic)", fontsize=9)
         fig.tight_layout()
         fig.savefig(os.path.join(RESULTS, "rank_nms_ap_by_iou.png"), dpi=90)
         print("wrote benchmarks/results/rank_nms_ap_by_iou.png")
