@@ -1,9 +1,10 @@
 """Config keys of HNMS (cfg.MODEL.HNMS), each named after the paper's symbol."""
 
-import math
-import numbers
-
 from detectron2.config import CfgNode as CN
+
+from d2kit.checks import is_integer as _is_integer
+from d2kit.checks import is_real_number as _is_number
+from d2kit.checks import require_key
 
 __all__ = ["add_hnms_config", "check_hnms_config"]
 
@@ -61,17 +62,8 @@ def add_hnms_config(cfg):
     cfg.MODEL.HNMS.ROI_HEADS_PREFILTER = False
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _require(ok: bool, key: str, expected: str, value) -> None:
-    if not ok:
-        raise ValueError(f"MODEL.HNMS.{key} must be {expected}, got {value!r}")
+    require_key(ok, f"MODEL.HNMS.{key}", expected, value)
 
 
 def check_hnms_config(cfg) -> None:

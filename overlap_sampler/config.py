@@ -1,9 +1,10 @@
 """Config keys of the Overlap Sampler, under ``cfg.MODEL.OVERLAP_SAMPLER``."""
 
-import math
-import numbers
-
 from detectron2.config import CfgNode as CN
+
+from d2kit.checks import is_integer as _is_integer
+from d2kit.checks import is_real_number as _is_number
+from d2kit.checks import require_key
 
 __all__ = ["add_overlap_sampler_config", "check_overlap_sampler_config"]
 
@@ -59,17 +60,8 @@ def add_overlap_sampler_config(cfg: CN) -> None:
     _C.MODEL.OVERLAP_SAMPLER.POSITIVE.IOU_WITH = "negatives"
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_integer(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _require(ok: bool, key: str, expected: str, value) -> None:
-    if not ok:
-        raise ValueError(f"MODEL.OVERLAP_SAMPLER.{key} must be {expected}, got {value!r}")
+    require_key(ok, f"MODEL.OVERLAP_SAMPLER.{key}", expected, value)
 
 
 def check_overlap_sampler_config(cfg: CN) -> None:
