@@ -10,11 +10,15 @@ the weights except for the number of detections that reach NMS):
   Rank-NMS leaf;
 - ``r50``: the paper's recipe, ``configs/RankNMS/faster_rcnn_R_50_FPN_1x_baseline.yaml`` vs
   ``rank_nms_faster_rcnn_R_50_FPN_1x.yaml`` (R-50-FPN, 800 px, 1000 test RoIs, 512 training
-  RoIs, rank head 2 × FC 1024).
+  RoIs, rank head 2 × FC 1024), with :class:`FixedProposals` in place of the RPN (1000 valid
+  random boxes per image: a random R-50's RPN gives degenerate boxes) and R(·) scoring every
+  RoI (a trained model scores only those above the test score threshold).
 
 Training steps run at learning rate 0 (the same work; the weights stay put). Inputs are the
 first images of ``synth_shapes_val_mini`` through Detectron2's mappers (resized to each
-config's input size). Writes ``benchmarks/results/rank_nms_cost.json``.
+config's input size). Besides the wall times (interleaved, median; sensitive to other load on
+the machine), it counts the inference multiply-adds with fvcore (machine-independent). Writes
+``benchmarks/results/rank_nms_cost.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
 from detectron2.solver import build_optimizer
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.analysis import FlopCountAnalysis
 from detectron2.utils.events import EventStorage
 
 import rank_nms
@@ -62,10 +68,44 @@ def _cfg(config):
     return cfg
 
 
+class FixedProposals(torch.nn.Module):
+    """Stands in for the RPN of a randomly initialised R-50, whose degenerate boxes would leave
+    the ROI heads almost nothing to do: ``num`` valid random boxes per image (seeded), as many
+    as a trained RPN's ``POST_NMS_TOPK``. The RPN's own cost is left out of both models."""
+
+    def __init__(self, num: int):
+        super().__init__()
+        self.num = num
+
+    def forward(self, images, features, gt_instances=None):
+        out = []
+        g = torch.Generator().manual_seed(0)
+        for h, w in images.image_sizes:
+            xy = torch.rand(self.num, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+            wh = 16 + torch.rand(self.num, 2, generator=g) * torch.tensor([w * 0.4, h * 0.4])
+            inst = Instances((h, w))
+            inst.proposal_boxes = Boxes(torch.cat([xy, (xy + wh).minimum(torch.tensor([w, h]))], 1))
+            inst.objectness_logits = torch.zeros(self.num)
+            out.append(inst)
+        return out, {}
+
+
 def _timed(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start
+
+
+def _inference_gflops(model, inputs) -> float:
+    """fvcore's count of multiply-adds (as "flops") of one inference per image, averaged: a
+    machine-independent measure of what the rank head adds, free of timing noise."""
+    model.eval()
+    total = 0.0
+    for x in inputs:
+        counter = FlopCountAnalysis(model, [x])
+        counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        total += counter.total() / 1e9
+    return total / len(inputs)
 
 
 def measure(setting: str, repeat: int, num_images: int, weights: dict | None = None) -> dict:
@@ -75,6 +115,12 @@ def measure(setting: str, repeat: int, num_images: int, weights: dict | None = N
         cfg = _cfg(config)
         torch.manual_seed(0)
         models[name] = build_model(cfg)
+        if setting == "r50":
+            models[name].proposal_generator = FixedProposals(cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
+            if name == "rank_nms":
+                # No RoI of a random model passes the score threshold, so R(·) would be skipped
+                # entirely: score every RoI, the upper bound of its cost.
+                models[name].roi_heads.box_predictor.rank_only_where_needed = False
         if weights and weights.get(name):
             DetectionCheckpointer(models[name]).load(weights[name])
         optimizers[name] = build_optimizer(cfg, models[name])
@@ -106,7 +152,10 @@ def measure(setting: str, repeat: int, num_images: int, weights: dict | None = N
             times[f"infer_{name}"].append(_timed(infer, name) / len(dicts))
             times[f"train_{name}"].append(_timed(train_step, name))
     med = {k: statistics.median(v) for k, v in times.items()}
+    flops = {n: _inference_gflops(m, test_inputs[n]) for n, m in models.items()}
     return {
+        "inference_gflops_per_image": flops,
+        "inference_flops_overhead": flops["rank_nms"] / flops["baseline"] - 1,
         "configs": list(SETTINGS[setting]),
         "images": len(dicts),
         "infer_ms_per_image": {n: 1e3 * med[f"infer_{n}"] for n in models},
@@ -147,14 +196,20 @@ def main() -> None:
         os.makedirs(os.path.dirname(OUT_JSON), exist_ok=True)
         with open(OUT_JSON, "w") as f:
             json.dump(table, f, indent=2)
-    print(f"\n{'setting':8s} {'infer ms/img (base → rank)':>30s} {'Δ':>7s} "
-          f"{'train ms/iter (base → rank)':>30s} {'Δ':>7s}")  # fmt: skip
+    print(f"\n{'setting':8s} {'infer GFLOPs/img (base → rank)':>32s} {'Δ':>7s} "
+          f"{'infer ms/img (base → rank)':>28s} {'Δ':>7s} "
+          f"{'train ms/iter (base → rank)':>28s} {'Δ':>7s}")  # fmt: skip
     for setting, row in table.items():
-        i, t = row["infer_ms_per_image"], row["train_ms_per_iter"]
+        f, i, t = (
+            row["inference_gflops_per_image"],
+            row["infer_ms_per_image"],
+            row["train_ms_per_iter"],
+        )
         print(
-            f"{setting:8s} {i['baseline']:14.1f} → {i['rank_nms']:11.1f} "
-            f"{100 * row['infer_overhead']:+6.1f}% {t['baseline']:14.1f} → {t['rank_nms']:11.1f} "
-            f"{100 * row['train_overhead']:+6.1f}%"
+            f"{setting:8s} {f['baseline']:16.2f} → {f['rank_nms']:11.2f} "
+            f"{100 * row['inference_flops_overhead']:+6.1f}% "
+            f"{i['baseline']:12.1f} → {i['rank_nms']:11.1f} {100 * row['infer_overhead']:+6.1f}% "
+            f"{t['baseline']:12.1f} → {t['rank_nms']:11.1f} {100 * row['train_overhead']:+6.1f}%"
         )
 
 

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers
@@ -164,6 +165,9 @@ class RankNMSOutputLayers(FastRCNNOutputLayers):
         self.rank_head = rank_head
         self.rank_loss = rank_loss or RankLossParams()
         self.rank_inference = rank_inference or RankNMSInferenceParams()
+        # Cascade averages the stages' class scores before thresholding, so its last stage
+        # cannot tell from its own scores which RoIs are needed (CascadeRankNMSROIHeads: False).
+        self.rank_only_where_needed = True
 
     @classmethod
     def from_config(cls, cfg, input_shape, pooled_shape: ShapeSpec):
@@ -213,7 +217,10 @@ class RankNMSOutputLayers(FastRCNNOutputLayers):
 
         Returns:
             ``(scores (R, K+1), proposal_deltas (R, K*4 or 4), rank_scores (R,))``; rank scores
-            are raw (unsquashed).
+            are raw (unsquashed). At test time, when ``SCORE_THRESH_ON`` is "cls" and
+            ``rank_only_where_needed`` is set, R(·) runs only on the RoIs with a class score
+            above ``test_score_thresh`` (no other RoI can be output) and the others get 0: the
+            same detections at a fraction of the head's cost.
         """
         if not isinstance(x, (tuple, list)) or len(x) != 2:
             raise TypeError(
@@ -225,7 +232,17 @@ class RankNMSOutputLayers(FastRCNNOutputLayers):
         scores, proposal_deltas = super().forward(box_features)
         if self.rank_loss.detach_features:
             pooled = pooled.detach()
-        return scores, proposal_deltas, self.rank_head(pooled)
+        if self.training or not self._rank_only_where_needed():
+            return scores, proposal_deltas, self.rank_head(pooled)
+        probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)
+        needed = (probs[:, :-1] > self.test_score_thresh).any(dim=1)
+        rank = scores.new_zeros(len(scores))
+        if bool(needed.any()):
+            rank[needed] = self.rank_head(pooled[needed]).to(rank.dtype)
+        return scores, proposal_deltas, rank
+
+    def _rank_only_where_needed(self) -> bool:
+        return self.rank_only_where_needed and self.rank_inference.score_thresh_on == "cls"
 
     # The parent's prediction helpers unpack (scores, deltas): hand them the first two.
     def predict_boxes(self, predictions, proposals):

@@ -76,6 +76,7 @@ class CascadeRankNMSROIHeads(CascadeROIHeads):
         :class:`~rank_nms.predictor.RankNMSOutputLayers`."""
         super().__init__(**kwargs)
         _check_predictor(self.box_predictor[-1], "box_predictors[-1]")
+        self.box_predictor[-1].rank_only_where_needed = False  # thresholds see averaged scores
         self.box_head[-1].register_forward_hook(also_return_pooled_features)
 
     @classmethod

@@ -214,3 +214,38 @@ def test_heads_reject_a_plain_box_predictor():
     with pytest.raises(TypeError, match="RankNMSOutputLayers"):
         model.roi_heads.box_predictor(torch.zeros(2, 256))
     assert isinstance(model.roi_heads.box_predictor, RankNMSOutputLayers)
+
+
+@pytest.mark.parametrize("kind", ["faster", "mask"])
+def test_rank_head_on_needed_rois_only_gives_the_same_detections(kind):
+    model = _model(_cfg(kind)).eval()
+    predictor = model.roi_heads.box_predictor
+    assert predictor.rank_only_where_needed
+    batch = _batch()
+    logits = []
+    hook = predictor.cls_score.register_forward_hook(lambda m, a, out: logits.append(out))
+    with torch.no_grad():
+        model(batch)
+    hook.remove()
+    # a threshold that about half of the (untrained) model's RoIs pass
+    best_fg = torch.softmax(logits[0], dim=1)[:, :-1].max(dim=1).values
+    predictor.test_score_thresh = float(best_fg.median())
+    calls = []
+    predictor.rank_head.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    with torch.no_grad():
+        lazy = model(batch)
+        predictor.rank_only_where_needed = False
+        full = model(batch)
+    assert 0 < calls[0] < calls[-1] == len(best_fg)  # fewer RoIs through R(·)
+    for a, b in zip(lazy, full):
+        a, b = a["instances"], b["instances"]
+        assert len(a) == len(b) > 0
+        assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor)
+        # a smaller matmul batch may round differently in the last bits
+        torch.testing.assert_close(a.scores, b.scores)
+        torch.testing.assert_close(a.rank_scores, b.rank_scores)
+
+
+def test_cascade_runs_the_rank_head_on_every_roi():
+    model = _model(_cfg("cascade"))
+    assert not model.roi_heads.box_predictor[-1].rank_only_where_needed
