@@ -273,15 +273,17 @@ def _print_table(title, groups, names, labels):
 
 
 def _print_paired(table: dict) -> None:
-    """Differences paired by seed: each trained run against the baseline trained with the same
-    seed, and each test-time variant against its own weights' default evaluation."""
+    """Differences paired by seed: each trained run against the baseline (and each ablation
+    against Rank-NMS) trained with the same seed, and each test-time variant against its own
+    weights' default evaluation."""
     metrics = ("AP", "AP50", "AP80", "AP90")
     train = table.get("train", {})
     rows = []
     for row in train.values():
-        ref = train.get(f"baseline/s{row['seed']}")
-        if row["run"] != "baseline" and ref:
-            rows.append((f"{row['run']} − baseline", row, ref))
+        for ref_run in ("baseline", "rank_nms"):  # ablations: against both
+            ref = train.get(f"{ref_run}/s{row['seed']}")
+            if row["run"] not in ("baseline", ref_run) and ref:
+                rows.append((f"{row['run']} − {ref_run}", row, ref))
     for row in table.get("evals", {}).values():
         ref = train.get(f"{row['weights_of']}/s{row['seed']}")
         if ref:
