@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import os
 import time
@@ -32,6 +31,7 @@ from detectron2.engine import default_argument_parser
 from detectron2.structures import BoxMode
 
 import rank_nms
+from d2kit.benchmarking import update_results_json
 from d2kit.engine import train_net
 from d2kit.evaluation import recall_at_ious
 
@@ -93,14 +93,8 @@ def _load() -> dict:
 
 
 def _save(section: str, key: str, value) -> None:
-    """Merge one entry into the JSON; a lock file keeps parallel runs from losing entries."""
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(OUT_JSON + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        table = _load()
-        table.setdefault(section, {})[key] = value
-        with open(OUT_JSON, "w") as f:
-            json.dump(table, f, indent=2, sort_keys=True)
+    """Merge one entry into the JSON (other processes may write meanwhile)."""
+    update_results_json(OUT_JSON, section, key, value)
 
 
 def _run_dir(run: str, seed: int) -> str:

@@ -42,7 +42,6 @@ caches go to ``output/ref_nms_synth/``.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import glob
 import json
 import math
@@ -60,6 +59,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.engine import default_argument_parser
 
 import ref_nms
+from d2kit.benchmarking import update_results_json
 from d2kit.engine import train_net
 from ref_nms.evaluation import RefNMSEvaluator
 from ref_nms.expressions import TestImageMapper
@@ -115,18 +115,8 @@ def _load() -> dict:
 
 
 def _save(section: str, key: str | None, value) -> None:
-    """Merge one entry into the JSON (``key`` None: the whole section); a lock file keeps
-    parallel runs from losing entries."""
-    os.makedirs(os.path.dirname(OUT_JSON), exist_ok=True)
-    with open(OUT_JSON + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        table = _load()
-        if key is None:
-            table[section] = value
-        else:
-            table.setdefault(section, {})[key] = value
-        with open(OUT_JSON, "w") as f:
-            json.dump(table, f, indent=2, sort_keys=True, default=_jsonable)
+    """Merge one entry into the JSON (``key`` None: the whole section)."""
+    update_results_json(OUT_JSON, section, key, value, default=_jsonable, compact_digits=8)
 
 
 def _jsonable(obj):

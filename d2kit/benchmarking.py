@@ -1,9 +1,12 @@
 """Helpers the benchmarks share."""
 
+import fcntl
+import json
+import os
 import statistics
 import time
 
-__all__ = ["CallTimer"]
+__all__ = ["CallTimer", "update_results_json"]
 
 
 class CallTimer:
@@ -31,3 +34,42 @@ class CallTimer:
         unless there are no more; NaN without calls."""
         times = self.times[skip:] if len(self.times) > skip else self.times
         return 1e3 * statistics.mean(times) if times else float("nan")
+
+
+def _rounded(obj, digits: int):
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, digits) for v in obj]
+    return obj
+
+
+def update_results_json(
+    path: str, section: str, key, value, *, default=None, compact_digits: int | None = None
+) -> None:
+    """Merge ``value`` into the results file ``path`` as ``table[section][key]`` (``key`` None:
+    the whole section), under a lock file so that parallel runs do not lose each other's entries.
+
+    ``compact_digits``: write floats rounded to that many decimals on one line (for results
+    with long sweeps), instead of indented JSON.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = {}
+        if os.path.exists(path):
+            with open(path) as f:
+                table = json.load(f)
+        if key is None:
+            table[section] = value
+        else:
+            table.setdefault(section, {})[key] = value
+        table = json.loads(json.dumps(table, default=default))
+        with open(path, "w") as f:
+            if compact_digits is None:
+                json.dump(table, f, indent=2, sort_keys=True)
+            else:
+                json.dump(_rounded(table, compact_digits), f, sort_keys=True, separators=(",", ":"))
+            f.write("\n")
