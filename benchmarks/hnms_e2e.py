@@ -310,7 +310,7 @@ def plot(table, path):
     ax.set_xlabel("AP minus the same seed's baseline AP (dots: seeds, bar: mean)")
     ax.set_title("HNMS end to end on synth_crowd_val")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=70)  # one row per model: keep the file small
     print(f"wrote {path}")
 
 
@@ -345,7 +345,7 @@ def plot_retina_tradeoff(table, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     print(f"wrote {path}")
 
 
@@ -401,7 +401,17 @@ def main():
         default=1,
         help="evaluations per model; times are their median (std and every run in the results)",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="no training or evaluation: print the results file's tables and redraw its plots",
+    )
     args = parser.parse_args()
+    if args.report:
+        with open(results_path(args)) as f:
+            table = json.load(f)["table"]
+        report(table, results_path(args))
+        return
     if args.quick:
         args.iters, args.retina_iters, args.test_set = 4, 4, "synth_crowd_val_mini"
         args.train_hash, args.retina_k = False, [1]
@@ -417,8 +427,13 @@ def main():
         if "retina" in args.only:
             run_retina(args, table, seed)
     table = save(args, table)
-    plot(table, results_path(args)[: -len(".json")] + ".png")
-    plot_retina_tradeoff(table, results_path(args)[: -len(".json")] + "_retina.png")
+    report(table, results_path(args))
+
+
+def report(table, path):
+    """The plots next to the results file ``path`` and the tables, from the rows in ``table``."""
+    plot(table, path[: -len(".json")] + ".png")
+    plot_retina_tradeoff(table, path[: -len(".json")] + "_retina.png")
     print("\n| model | AP | AP50 | suppression ms/image | post-processing ms/image |")
     print("|---|---|---|---|---|")
 

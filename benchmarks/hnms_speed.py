@@ -144,7 +144,19 @@ def main():
         help="op: HNMS vs NMS (hnms_speed.json, .png); prefilter: the pre-filter table "
         "(hnms_prefilter_speed.json)",
     )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="no timing: print hnms_speed.json's tables and redraw hnms_speed.png from it",
+    )
     args = parser.parse_args()
+    if args.report:
+        with open(os.path.join(RESULTS, "hnms_speed.json")) as f:
+            data = json.load(f)
+        table = {name: {int(n): v for n, v in row.items()} for name, row in data["table"].items()}
+        print_op_table(table, data["sizes"], data["clock"], data["threads"])
+        plot_op_table(table, data["sizes"], data["clock"], os.path.join(RESULTS, "hnms_speed.png"))
+        return
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     sizes = [1000, 3000] if args.quick else args.sizes
     torch.set_num_threads(1)
@@ -174,8 +186,15 @@ def run_op_table(args, sizes, clock, has_ext, suffix, meta):
                                              "kept": int(len(keep))}  # fmt: skip
             print(f"N={n:>6}  {name:<40} {t * 1e3:10.3f} ms  {t * 1e9 / n:9.1f} ns/box  "
                   f"kept {len(keep)}", flush=True)  # fmt: skip
+    print_op_table(table, sizes, args.clock, torch.get_num_threads())
+    with open(os.path.join(RESULTS, f"hnms_speed{suffix}.json"), "w") as f:
+        json.dump({**meta, "sizes": sizes, "table": table}, f, indent=1)
+    plot_op_table(table, sizes, args.clock, os.path.join(RESULTS, f"hnms_speed{suffix}.png"))
+
+
+def print_op_table(table, sizes, clock, threads):
     base = "torchvision nms@0.7"
-    print(f"\nSpeed-up over {base} ({args.clock} time, {torch.get_num_threads()} torch thread)")
+    print(f"\nSpeed-up over {base} ({clock} time, {threads} torch thread)")
     header = "| method | " + " | ".join(f"N={n // 1000}K" for n in sizes) + " |"
     print(header + "\n|" + "---|" * (len(sizes) + 1))
     for name, row in table.items():
@@ -186,8 +205,10 @@ def run_op_table(args, sizes, clock, has_ext, suffix, meta):
     for name, row in table.items():
         cells = [f"{row[n]['ms']:.2f} ({row[n]['ns_per_box']:.0f})" for n in sizes]
         print(f"| {name} | " + " | ".join(cells) + " |")
-    with open(os.path.join(RESULTS, f"hnms_speed{suffix}.json"), "w") as f:
-        json.dump({**meta, "sizes": sizes, "table": table}, f, indent=1)
+
+
+def plot_op_table(table, sizes, clock, path):
+    """Log-log plot of time against N, one line per method."""
     try:
         import matplotlib
 
@@ -199,13 +220,13 @@ def run_op_table(args, sizes, clock, has_ext, suffix, meta):
     for name, row in table.items():
         ax.loglog(sizes, [row[n]["ms"] for n in sizes], marker="o", label=name)
     ax.set_xlabel("number of boxes N")
-    ax.set_ylabel(f"{args.clock} time (ms, single thread)")
+    ax.set_ylabel(f"{clock} time (ms, single thread)")
     ax.set_title("HNMS vs NMS on RPN-like crowded boxes (CPU)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(RESULTS, f"hnms_speed{suffix}.png"), dpi=120)
-    print(f"wrote {RESULTS}/hnms_speed{suffix}.png")
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -4,11 +4,13 @@ For RetinaNet (``NoisyAnchorsRetinaNet`` vs ``RetinaNet``) and Faster R-CNN (``N
 ``RPN``) on the quick synthetic configs: both models start from the same weights and see the same
 batches; their training iterations (forward, backward, SGD step) are interleaved, alternating
 which goes first, so machine load affects both alike. Prints the median iteration time, the
-time spent in anchor labelling + losses, and the overhead ratio; writes
-``benchmarks/results/noisy_anchors_overhead.{png,json}``. Run it with ``OMP_NUM_THREADS=1`` on a
-shared CPU.
+time spent in anchor labelling + losses, and the overhead ratio, for each of ``--seeds`` (the
+models' initial weights); writes ``benchmarks/results/noisy_anchors_overhead.{png,json}``, the
+JSON with every seed's run under ``"<detector>/s<seed>"`` and the overhead's mean ± std over the
+seeds under ``"summary"``. (The first version of this script wrote one run, seed 0, under
+``"<detector>"``.) Run it with ``OMP_NUM_THREADS=1`` on a shared CPU.
 
-    python benchmarks/noisy_anchors_overhead.py [--iters 20] [--warmup 3]
+    python benchmarks/noisy_anchors_overhead.py [--iters 20] [--warmup 3] [--seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -63,9 +65,9 @@ def _instrument(model):
     return timers
 
 
-def bench_pair(base_cfg_path, noisy_cfg_path, iters, warmup):
+def bench_pair(base_cfg_path, noisy_cfg_path, iters, warmup, seed=0):
     base_cfg, noisy_cfg = _cfg(base_cfg_path), _cfg(noisy_cfg_path)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     models = {"baseline": build_model(base_cfg), "noisy": build_model(noisy_cfg)}
     models["noisy"].load_state_dict(models["baseline"].state_dict())
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9) for k, m in models.items()}
@@ -96,6 +98,8 @@ def bench_pair(base_cfg_path, noisy_cfg_path, iters, warmup):
         "overhead": med["noisy"] / med["baseline"] - 1.0,
         "times": times,
         "ims_per_batch": base_cfg.SOLVER.IMS_PER_BATCH,
+        "seed": seed,
+        "iters": iters,
     }
 
 
@@ -103,9 +107,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="where the JSON and plot go")
     args = parser.parse_args()
-    results = {name: bench_pair(*paths, args.iters, args.warmup) for name, paths in PAIRS.items()}
+    results = {
+        f"{name}/s{seed}": bench_pair(*paths, args.iters, args.warmup, seed)
+        for seed in args.seeds
+        for name, paths in PAIRS.items()
+    }
 
     print(
         f"\nTraining iteration on CPU ({torch.get_num_threads()} threads), quick configs, "
@@ -140,9 +149,21 @@ def main() -> None:
     path = os.path.join(args.results_dir, "noisy_anchors_overhead.png")
     fig.savefig(path, dpi=120)
     print(f"\nplot: {path}")
-    summary = {n: {k: v for k, v in r.items() if k != "times"} for n, r in results.items()}
+    out = {n: {k: v for k, v in r.items() if k != "times"} for n, r in results.items()}
+    out["summary"] = {}
+    for name in PAIRS:
+        overheads = [r["overhead"] for n, r in results.items() if n.startswith(name + "/s")]
+        out["summary"][name] = {
+            "overhead_mean": statistics.mean(overheads),
+            "overhead_std": statistics.stdev(overheads) if len(overheads) > 1 else 0.0,
+            "seeds": args.seeds,
+        }
+        print(
+            f"{name}: overhead {100 * out['summary'][name]['overhead_mean']:+.1f}% ± "
+            f"{100 * out['summary'][name]['overhead_std']:.1f}% over {len(overheads)} seed(s)"
+        )
     with open(os.path.join(args.results_dir, "noisy_anchors_overhead.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":

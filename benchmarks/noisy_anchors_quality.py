@@ -3,10 +3,11 @@
 Two phases (run both by default):
 
 ``train``: snapshots the merged config of every run in ``RUNS`` first, then trains them one after
-another (same seed and schedule) through ``projects/NoisyAnchors/train_net.py`` into
-``output/noisy_anchors_bench/<run>/`` (a run whose ``model_final.pth`` exists is skipped).
+another (same schedule; ``SEED`` = each of ``--seeds``) through
+``projects/NoisyAnchors/train_net.py`` into ``output/noisy_anchors_bench/<run>/s<seed>/`` (a run
+whose ``model_final.pth`` exists is skipped).
 
-``analyze``: loads each run's final weights and measures on ``synth_shapes_val``:
+``analyze``: loads each run's and seed's final weights and measures on ``synth_shapes_val``:
 
 - COCO box AP / AP50 / AP75 (``COCOEvaluator``);
 - Table 7: over the whole split, the top 2% most confident detections before and after NMS,
@@ -15,16 +16,25 @@ another (same seed and schedule) through ``projects/NoisyAnchors/train_net.py`` 
   inputs of the detector's own ``batched_nms`` call (recorded in the same inference pass, i.e.
   after the score threshold and per-level top-k), "after NMS" its outputs;
 - Table 5 (Faster R-CNN runs): average recall of the RPN proposals at 100 / 300 / 1000 (IoU
-  0.5:0.95, one-to-one greedy matching per image, as COCO's proposal AR).
+  0.5:0.95), with COCO's matching: ``d2kit.evaluation.recall_at_ious``, proposals in objectness
+  order, each taking the unmatched ground truth of largest IoU. (Results written before this
+  function was used, i.e. entries without ``"ar_matching"``, paired proposals and ground truths
+  greedily by largest IoU first, regardless of the objectness order.)
 
-Prints the tables, writes ``benchmarks/results/noisy_anchors_quality.json`` and the plot
-``benchmarks/results/noisy_anchors_conf_vs_iou.png``.
+Each run and seed is stored in ``benchmarks/results/noisy_anchors_quality.json`` under
+``"<run>/s<seed>"`` (merged: other runs and seeds are kept); entries named ``"<run>"`` alone come
+from the first version of this script (seed 42). ``report`` prints the tables (mean ± std over
+seeds, and each seed) and draws ``benchmarks/results/noisy_anchors_conf_vs_iou.png`` from the
+results file: a 2-D histogram of confidence against IoU of the top-2% detections before NMS, which
+the entries store (``before_nms.hist2d``; not in the first version's entries).
 
-    python benchmarks/noisy_anchors_quality.py            # train (if needed) and analyze
-    python benchmarks/noisy_anchors_quality.py analyze    # analyze existing runs
-    # the README's numbers (batch 4 with BASE_LR scaled, 150 iterations; see the README):
-    python benchmarks/noisy_anchors_quality.py --batch 4
-        --opts SOLVER.MAX_ITER 150 SOLVER.STEPS "(120,140)" SOLVER.WARMUP_ITERS 50
+    python benchmarks/noisy_anchors_quality.py --seeds 1 2 3     # train (if needed) and analyze
+    python benchmarks/noisy_anchors_quality.py analyze --seeds 42
+    python benchmarks/noisy_anchors_quality.py report           # tables and plot from the JSON
+    # smoke run (2 iterations, 8 validation images, temporary files):
+    python benchmarks/noisy_anchors_quality.py --seeds 1 --runs retinanet_baseline
+        --out-root /tmp/na --results /tmp/na.json --val synth_shapes_val_mini
+        --opts SOLVER.MAX_ITER 2 SOLVER.WARMUP_ITERS 1
 """
 
 from __future__ import annotations
@@ -49,12 +59,17 @@ from detectron2.structures import Boxes, pairwise_iou
 
 import d2kit  # noqa: F401  (registers the synthetic datasets)
 import noisy_anchors
+from d2kit.benchmarking import update_results_json
+from d2kit.config import add_d2kit_config
+from d2kit.evaluation import recall_at_ious
 from d2kit.paths import REPO_ROOT
 
 OUT_ROOT = os.path.join(REPO_ROOT, "output", "noisy_anchors_bench")
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
 TRAIN_NET = os.path.join(REPO_ROOT, "projects", "NoisyAnchors", "train_net.py")
 VAL = "synth_shapes_val"
+AR_THRESHOLDS = np.arange(0.5, 0.951, 0.05)  # COCO's AR: IoU 0.5:0.95
+HIST_BINS = 20  # bins per axis of the stored confidence-IoU histogram
 
 #: run name -> config file (relative to the repository root), optionally with KEY VALUE overrides
 RUNS = {
@@ -108,36 +123,40 @@ def freeze_configs(runs: list[str], batch: int | None = None) -> None:
             f.write(cfg.dump())
 
 
-def train(runs: list[str], extra_opts: list[str], batch: int | None = None) -> None:
-    """Train each run from its frozen config; ``batch`` overrides IMS_PER_BATCH and scales
-    BASE_LR linearly."""
+def train(
+    runs: list[str], seeds: list[int], extra_opts: list[str], batch: int | None = None
+) -> None:
+    """Train each run and seed from the run's frozen config; ``batch`` overrides IMS_PER_BATCH
+    and scales BASE_LR linearly."""
     freeze_configs(runs, batch)
-    for name in runs:
-        out = os.path.join(OUT_ROOT, name)
-        if os.path.isfile(os.path.join(out, "model_final.pth")):
-            print(f"[train] {name}: model_final.pth exists, skipped")
-            continue
-        frozen = os.path.join(out, "frozen_config.yaml")
-        cmd = [sys.executable, TRAIN_NET, "--config-file", frozen, "OUTPUT_DIR", out]
-        cmd += ["TEST.EVAL_PERIOD", "0", *extra_opts]
-        print("[train]", " ".join(cmd), flush=True)
-        start = time.perf_counter()
-        # one intra-op thread: on a shared CPU, oversubscribed OpenMP threads are much slower
-        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env)
-        print(f"[train] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    for seed in seeds:
+        for name in runs:
+            out = os.path.join(OUT_ROOT, name, f"s{seed}")
+            if os.path.isfile(os.path.join(out, "model_final.pth")):
+                print(f"[train] {name} seed {seed}: model_final.pth exists, skipped")
+                continue
+            frozen = os.path.join(OUT_ROOT, name, "frozen_config.yaml")
+            cmd = [sys.executable, TRAIN_NET, "--config-file", frozen, "OUTPUT_DIR", out]
+            cmd += ["SEED", str(seed), "TEST.EVAL_PERIOD", "0", *extra_opts]
+            print("[train]", " ".join(cmd), flush=True)
+            start = time.perf_counter()
+            # one intra-op thread: on a shared CPU, oversubscribed OpenMP threads are much slower
+            env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+            subprocess.run(cmd, check=True, cwd=REPO_ROOT, env=env)
+            print(f"[train] {name} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
 
 
-def _load(name: str):
-    """The run's model, built from the config it was trained with (``<run>/config.yaml``)."""
+def _load(run_dir: str):
+    """The run's model, built from the config it was trained with (``<run_dir>/config.yaml``)."""
     cfg = get_cfg()
+    add_d2kit_config(cfg)  # train_net dumps the shared keys too
     noisy_anchors.add_noisy_anchors_config(cfg)
-    cfg.merge_from_file(os.path.join(OUT_ROOT, name, "config.yaml"))
+    cfg.merge_from_file(os.path.join(run_dir, "config.yaml"))
     cfg.MODEL.DEVICE = "cpu"
     cfg.DATASETS.TEST = (VAL,)
     cfg.DATALOADER.NUM_WORKERS = 0
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(os.path.join(OUT_ROOT, name, "model_final.pth"))
+    DetectionCheckpointer(model).load(os.path.join(run_dir, "model_final.pth"))
     return cfg, model
 
 
@@ -185,11 +204,14 @@ def top_fraction_stats(scores: np.ndarray, ious: np.ndarray, fraction: float = 0
     ``ious`` is (D, 2): IoU with the best ground truth of the predicted class, and of any class
     (``*_any``: localization quality regardless of the class decision).
     """
-    k = max(1, int(round(fraction * len(scores))))
+    k = min(len(scores), max(1, int(round(fraction * len(scores)))))
     top = np.argsort(-scores, kind="stable")[:k]
     s, i, a = scores[top], ious[top, 0], ious[top, 1]
+    edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
+    hist = np.histogram2d(np.clip(s, 0, 1), np.clip(i, 0, 1), bins=[edges, edges])[0]
     return {
         "num": int(k),
+        "hist2d": hist.astype(int).tolist(),  # [confidence bin][IoU bin], for the plot
         "mean_conf": float(s.mean()),
         "mean_iou": float(i.mean()),
         "pearson": _pearson(s, i),
@@ -213,29 +235,13 @@ def _ground_truth():
     return gts
 
 
-def _greedy_recall(ious: torch.Tensor, thresholds: np.ndarray) -> np.ndarray:
-    """Per threshold, how many ground truths (columns) a one-to-one greedy match covers."""
-    covered = []
-    ious = ious.clone()
-    for _ in range(min(ious.shape)):
-        best_per_gt, _ = ious.max(dim=0)
-        j = int(best_per_gt.argmax())
-        i = int(ious[:, j].argmax())
-        covered.append(float(ious[i, j]))
-        ious[i, :] = -1
-        ious[:, j] = -1
-    covered = np.array(covered + [0.0] * (ious.shape[1] - len(covered)))
-    return np.array([(covered >= t).sum() for t in thresholds])
-
-
 @torch.no_grad()
 def evaluate_run(model, loader, evaluator, gts, limits=(100, 300, 1000)) -> dict:
     """One inference pass: COCO AP, Table 7 statistics and (R-CNN) Table 5 proposal recall."""
     is_rcnn = hasattr(model, "proposal_generator")
     nms_module = fast_rcnn_module if is_rcnn else retinanet_module
-    thresholds = np.arange(0.5, 0.951, 0.05)
-    hits = {k: np.zeros(len(thresholds)) for k in limits}
-    num_gt = 0
+    proposal_dets = {k: [] for k in limits}  # per image, the top-k proposals
+    proposal_gts = []
     proposals_seen = []
     if is_rcnn:
         rpn = model.proposal_generator
@@ -269,14 +275,19 @@ def evaluate_run(model, loader, evaluator, gts, limits=(100, 300, 1000)) -> dict
                 pre[1].append(_iou_with_gt(boxes, classes, gt))
                 post[0].append(inst.scores)
                 post[1].append(_iou_with_gt(inst.pred_boxes.tensor, inst.pred_classes, gt))
-                num_gt += len(gt["boxes"])
-                if is_rcnn and len(gt["boxes"]):
+                if is_rcnn:
                     props = proposals_seen[-1][n]
                     pb = props.proposal_boxes.tensor.cpu() * torch.tensor([sx, sy, sx, sy])
-                    for k in limits:  # proposals are sorted by objectness
-                        hits[k] += _greedy_recall(
-                            pairwise_iou(Boxes(pb[:k]), gt["boxes"]), thresholds
+                    ps = props.objectness_logits.cpu()
+                    cls = torch.zeros(len(pb), dtype=torch.int64)  # class-agnostic
+                    for k in limits:  # in objectness order
+                        proposal_dets[k].append(
+                            {"boxes": pb[:k], "scores": ps[:k], "classes": cls[:k]}
                         )
+                    gt_boxes = gt["boxes"].tensor
+                    proposal_gts.append(
+                        {"boxes": gt_boxes, "classes": cls.new_zeros(len(gt_boxes))}
+                    )
     finally:
         if is_rcnn:
             rpn.post_nms_topk[False] = detector_topk
@@ -290,107 +301,174 @@ def evaluate_run(model, loader, evaluator, gts, limits=(100, 300, 1000)) -> dict
         "after_nms": top_fraction_stats(torch.cat(post[0]).numpy(), torch.cat(post[1]).numpy()),
     }
     if is_rcnn:
-        res.update({f"AR{k}": float(100 * hits[k].mean() / max(num_gt, 1)) for k in limits})
+        for k in limits:
+            recall = recall_at_ious(
+                proposal_dets[k], proposal_gts, AR_THRESHOLDS, max_dets=None, class_aware=False
+            )
+            res[f"AR{k}"] = float(100 * np.nan_to_num(recall).mean())
+        res["ar_matching"] = "COCO: objectness order (d2kit.evaluation.recall_at_ious)"
     return res
 
 
-def analyze(runs: list[str]) -> dict:
+def analyze(runs: list[str], seeds: list[int]) -> dict:
+    """``{"<run>/s<seed>": measurements}`` of every trained run and seed."""
     gts = _ground_truth()
     results = {}
-    for name in runs:
-        if not os.path.isfile(os.path.join(OUT_ROOT, name, "model_final.pth")):
-            print(f"[analyze] {name}: no model_final.pth, skipped")
-            continue
-        cfg, model = _load(name)
-        loader = build_detection_test_loader(cfg, VAL)
-        evaluator = COCOEvaluator(VAL, output_dir=os.path.join(OUT_ROOT, name, "eval"))
-        results[name] = evaluate_run(model, loader, evaluator, gts)
-        print(f"[analyze] {name}: AP {results[name]['AP']:.2f}", flush=True)
+    for seed in seeds:
+        for name in runs:
+            run_dir = os.path.join(OUT_ROOT, name, f"s{seed}")
+            if not os.path.isfile(os.path.join(run_dir, "model_final.pth")):
+                print(f"[analyze] {name} seed {seed}: no model_final.pth, skipped")
+                continue
+            cfg, model = _load(run_dir)
+            loader = build_detection_test_loader(cfg, VAL)
+            evaluator = COCOEvaluator(VAL, output_dir=os.path.join(run_dir, "eval"))
+            key = f"{name}/s{seed}"
+            results[key] = {"seed": seed, "val": VAL, **evaluate_run(model, loader, evaluator, gts)}
+            print(f"[analyze] {key}: AP {results[key]['AP']:.2f}", flush=True)
     return results
 
 
+def _by_run(results: dict) -> dict:
+    """{run: {seed: entry}}; first-version entries (no "/s<seed>") are seed 42."""
+    out = {}
+    for key, entry in results.items():
+        name, _, seed = key.rpartition("/s")
+        if not name or not seed.isdigit():
+            name, seed = key, "42"
+        out.setdefault(name, {})[int(seed)] = entry
+    return out
+
+
+def _fmt(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+
+
 def _report(results: dict) -> None:
-    print("\nCOCO box AP on synth_shapes_val (quick schedule, same seed and schedule)")
-    print(f"{'run':36s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}")
-    for name, r in results.items():
-        print(f"{name:36s} {r['AP']:6.2f} {r['AP50']:6.2f} {r['AP75']:6.2f}")
+    runs = _by_run(results)
+    print("\nCOCO box AP on synth_shapes_val (quick schedule), mean ± std over seeds")
+    print(f"{'run':36s} {'seeds':>10s} {'AP':>14s} {'AP50':>14s} {'AP75':>14s}")
+    for name, by_seed in runs.items():
+        cells = [_fmt([r[m] for r in by_seed.values()]) for m in ("AP", "AP50", "AP75")]
+        seeds = ",".join(map(str, by_seed))
+        print(f"{name:36s} {seeds:>10s} " + " ".join(f"{c:>14s}" for c in cells))
+    for base, prefix in (("retinanet_baseline", "retinanet"), ("faster_rcnn_baseline", "faster")):
+        if base not in runs:
+            continue
+        print(f"\nAP minus {base}, same seed (mean ± std over seeds)")
+        for name, by_seed in runs.items():
+            if name == base or not name.startswith(prefix):
+                continue
+            diffs = [r["AP"] - runs[base][s]["AP"] for s, r in by_seed.items() if s in runs[base]]
+            print(f"{name:36s} {_fmt(diffs):>14s}  (seeds: {len(diffs)})")
     print("\nTable 7: top-2% most confident detections: mean confidence, mean IoU with the best")
-    print("ground truth of the predicted class (any class in brackets), Pearson r before NMS")
-    print(f"{'run':34s} {'#pre':>5s} {'conf-pre':>8s} {'IoU-pre':>14s} {'#post':>5s} "
+    print("ground truth of the predicted class (any class in brackets), Pearson r before NMS;")
+    print("each seed")
+    print(f"{'run / seed':38s} {'#pre':>5s} {'conf-pre':>8s} {'IoU-pre':>14s} {'#post':>5s} "
           f"{'conf-post':>9s} {'IoU-post':>14s} {'pearson':>15s}")  # fmt: skip
-    for name, r in results.items():
-        b, a = r["before_nms"], r["after_nms"]
-        print(
-            f"{name:34s} {b['num']:5d} {b['mean_conf']:8.3f} "
-            f"{b['mean_iou']:6.3f} ({b['mean_iou_any']:.3f}) {a['num']:5d} {a['mean_conf']:9.3f} "
-            f"{a['mean_iou']:6.3f} ({a['mean_iou_any']:.3f}) "
-            f"{b['pearson']:6.3f} ({b['pearson_any']:.3f})"
-        )
-    rpn = {k: v for k, v in results.items() if "AR100" in v}
+    for name, by_seed in runs.items():
+        for seed, r in by_seed.items():
+            b, a = r["before_nms"], r["after_nms"]
+            print(
+                f"{name + ' / ' + str(seed):38s} {b['num']:5d} {b['mean_conf']:8.3f} "
+                f"{b['mean_iou']:6.3f} ({b['mean_iou_any']:.3f}) {a['num']:5d} "
+                f"{a['mean_conf']:9.3f} {a['mean_iou']:6.3f} ({a['mean_iou_any']:.3f}) "
+                f"{b['pearson']:6.3f} ({b['pearson_any']:.3f})"
+            )
+    rpn = {k: v for k, v in runs.items() if any("AR100" in r for r in v.values())}
     if rpn:
-        print("\nTable 5: RPN proposal average recall (IoU 0.5:0.95)")
-        print(f"{'run':36s} {'AR100':>6s} {'AR300':>6s} {'AR1000':>6s}")
-        for name, r in rpn.items():
-            print(f"{name:36s} {r['AR100']:6.1f} {r['AR300']:6.1f} {r['AR1000']:6.1f}")
+        print("\nTable 5: RPN proposal average recall (IoU 0.5:0.95), mean ± std over seeds")
+        print(f"{'run':36s} {'AR100':>14s} {'AR300':>14s} {'AR1000':>14s}  matching")
+        for name, by_seed in rpn.items():
+            cells = [
+                _fmt([r.get(m) for r in by_seed.values()]) for m in ("AR100", "AR300", "AR1000")
+            ]
+            matching = {
+                r.get("ar_matching", "largest IoU first (first version)") for r in by_seed.values()
+            }
+            cells = " ".join(f"{c:>14s}" for c in cells)
+            print(f"{name:36s} {cells}  " + "; ".join(sorted(matching)))
 
 
 def _plot(results: dict, path: str) -> None:
+    """Confidence vs IoU of the top-2% detections before NMS (paper Table 7), one panel per
+    RetinaNet run, from the histograms stored in the results (summed over seeds)."""
+    runs = {
+        name: [r["before_nms"]["hist2d"] for r in by_seed.values() if "hist2d" in r["before_nms"]]
+        for name, by_seed in _by_run(results).items()
+        if name.startswith("retinanet")
+    }
+    runs = {name: hists for name, hists in runs.items() if hists}
+    if not runs:
+        print("\nno stored histograms (first-version entries): plot not drawn")
+        return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in results if n.startswith("retinanet")]
-    if len(names) < 2:  # keep an earlier plot of the RetinaNet runs
-        return
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        b = results[name]["before_nms"]
-        ax.scatter(b["scores"], b["ious"], s=4, alpha=0.5)
-        ax.set_title(f"{name}\nPearson r = {b['pearson']:.3f}", fontsize=9)
-        ax.set_xlabel("confidence (top 2%, before NMS)")
-        ax.set_ylabel("IoU with ground truth")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.4), squeeze=False)
+    for ax, (name, hists) in zip(axes[0], runs.items()):
+        hist = np.sum(np.array(hists, dtype=float), axis=0)
+        ax.imshow(
+            np.log1p(hist.T), origin="lower", extent=(0, 1, 0, 1), cmap="viridis", aspect="auto"
+        )
+        ax.set_title(f"{name}\n({len(hists)} seed(s))", fontsize=8)
+        ax.set_xlabel("confidence (top 2%, before NMS)", fontsize=8)
+        ax.set_ylabel("IoU with gt of the predicted class", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=90)
     print(f"\nplot: {path}")
 
 
 def main() -> None:
+    global OUT_ROOT, VAL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("phase", nargs="?", choices=["all", "train", "analyze"], default="all")
+    parser.add_argument(
+        "phase", nargs="?", choices=["all", "train", "analyze", "report"], default="all"
+    )
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
     parser.add_argument(
         "--batch", type=int, default=None, help="IMS_PER_BATCH (BASE_LR scaled linearly)"
     )
     parser.add_argument(
+        "--results",
+        default=os.path.join(RESULTS_DIR, "noisy_anchors_quality.json"),
+        help="results file (merged); a temporary path for smoke runs",
+    )
+    parser.add_argument("--out-root", default=OUT_ROOT, help="training outputs")
+    parser.add_argument("--val", default=VAL, help="evaluation split")
+    parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for training"
     )
     args = parser.parse_args()
+    OUT_ROOT, VAL = args.out_root, args.val
     if args.phase in ("all", "train"):
-        train(args.runs, args.opts, args.batch)
+        train(args.runs, args.seeds, args.opts, args.batch)
     if args.phase in ("all", "analyze"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        results = analyze(args.runs)
-        _report(results)
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        _plot(results, os.path.join(RESULTS_DIR, "noisy_anchors_conf_vs_iou.png"))
-        slim = {
-            n: {
+        for key, entry in analyze(args.runs, args.seeds).items():
+            slim = {
                 k: ({kk: vv for kk, vv in v.items() if kk not in ("scores", "ious")})
                 if isinstance(v, dict)
                 else v
-                for k, v in r.items()
+                for k, v in entry.items()
             }
-            for n, r in results.items()
-        }
-        path = os.path.join(RESULTS_DIR, "noisy_anchors_quality.json")
-        if os.path.isfile(path):  # keep the runs analyzed earlier, update those analyzed now
-            with open(path) as f:
-                slim = {**json.load(f), **slim}
-        with open(path, "w") as f:
-            json.dump(slim, f, indent=2)
+            update_results_json(args.results, key, None, slim)
+    if os.path.isfile(args.results):
+        with open(args.results) as f:
+            results = json.load(f)
+        _report(results)
+        plot = os.path.join(
+            os.path.dirname(os.path.abspath(args.results)), "noisy_anchors_conf_vs_iou.png"
+        )
+        _plot(results, plot)
 
 
 if __name__ == "__main__":

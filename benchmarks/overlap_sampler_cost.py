@@ -1,12 +1,14 @@
 """Training-iteration cost of OverlapSamplerROIHeads against StandardROIHeads, in one run.
 
-    python benchmarks/overlap_sampler_cost.py [--iters 20] [--warmup 3]
+    python benchmarks/overlap_sampler_cost.py [--iters 20] [--warmup 3] [--seeds 42 1 2]
 
 Both models are built from the quick configs (R-18-FPN, synth_shapes, CPU) with the same seed and
 trained on the same pre-loaded batches, alternating one iteration each so that machine load hits
 both alike. Prints the median time of a full training iteration (forward, backward, SGD step) and
-of ``label_and_sample_proposals`` alone, and their ratios; writes
-``benchmarks/results/overlap_sampler_cost.json``.
+of ``label_and_sample_proposals`` alone, and their ratios, for each seed (the models' initial
+weights and the sampling draws); writes ``benchmarks/results/overlap_sampler_cost.json`` with
+every seed's run under ``"runs"`` (``"s<seed>"``) and their mean ± std under ``"summary"``. (The
+first version of this script wrote one run's fields at the top level.)
 """
 
 import argparse
@@ -49,17 +51,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20, help="timed iterations per model")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--results-dir", default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
 
     cfgs = {name: _cfg(path) for name, path in CONFIGS.items()}
     loader = iter(build_detection_train_loader(cfgs["StandardROIHeads"]))
     batches = [next(loader) for _ in range(args.warmup + args.iters)]
+    runs = {f"s{seed}": _measure(args, cfgs, batches, seed) for seed in args.seeds}
+    summary = {}
+    for field in ("ratio_iter", "ratio_sampling", "sampling_overhead_share_of_iter"):
+        values = [r[field] for r in runs.values()]
+        summary[field] = {
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        }
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "overlap_sampler_cost.json"), "w") as f:
+        json.dump({"runs": runs, "summary": summary}, f, indent=2)
+    for key, result in runs.items():
+        print(f"\n{key}: {'ROI heads':26s} {'iteration (s)':>14s} {'label+sample (ms)':>18s}")
+        for name in CONFIGS:
+            r = result[name]
+            print(f"{name:30s} {r['iter_s_median']:14.3f} {1000 * r['sampling_s_median']:18.1f}")
+        print(f"iteration time ratio (ours / standard): {result['ratio_iter']:.3f}")
+        print(f"label+sample time ratio: {result['ratio_sampling']:.2f}")
+        print(
+            "extra sampling time as a share of a standard iteration: "
+            f"{100 * result['sampling_overhead_share_of_iter']:.2f}%"
+        )
+    s = summary["ratio_iter"]
+    print(f"\niteration time ratio over {len(runs)} seed(s): {s['mean']:.3f} ± {s['std']:.3f}")
 
+
+def _measure(args, cfgs, batches, seed) -> dict:
+    """One interleaved timing run of both models built with ``seed``."""
     models, optims, timers, iter_times = {}, {}, {}, {}
     for name, cfg in cfgs.items():
-        torch.manual_seed(args.seed)
+        torch.manual_seed(seed)
         models[name] = build_model(cfg).train()
         optims[name] = build_optimizer(cfg, models[name])
         timers[name] = CallTimer(models[name].roi_heads.label_and_sample_proposals)
@@ -90,26 +119,14 @@ def main() -> None:
         ours["sampling_s_median"] - base["sampling_s_median"]
     ) / base["iter_s_median"]
     result["setup"] = {
+        "seed": seed,
         "iters": args.iters,
         "ims_per_batch": cfgs["StandardROIHeads"].SOLVER.IMS_PER_BATCH,
         "roi_batch_per_image": cfgs["StandardROIHeads"].MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
         "post_nms_topk_train": cfgs["StandardROIHeads"].MODEL.RPN.POST_NMS_TOPK_TRAIN,
         "threads": torch.get_num_threads(),
     }
-    os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "overlap_sampler_cost.json"), "w") as f:
-        json.dump(result, f, indent=2)
-
-    print(f"\n{'ROI heads':26s} {'iteration (s)':>14s} {'label+sample (ms)':>18s}")
-    for name in models:
-        r = result[name]
-        print(f"{name:26s} {r['iter_s_median']:14.3f} {1000 * r['sampling_s_median']:18.1f}")
-    print(f"iteration time ratio (ours / standard): {result['ratio_iter']:.3f}")
-    print(f"label+sample time ratio: {result['ratio_sampling']:.2f}")
-    print(
-        "extra sampling time as a share of a standard iteration: "
-        f"{100 * result['sampling_overhead_share_of_iter']:.2f}%"
-    )
+    return result
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
 """Figure 4 of the paper: the IoU^{p,n} distribution of the negatives chosen by random sampling,
 IoU-balanced sampling and the negative overlap sampler, on the proposals of a trained model.
 
-    python benchmarks/overlap_sampler_fig4.py [--weights W] [--images 64] [--repeats 5]
+    python benchmarks/overlap_sampler_fig4.py [--seeds 1 2 3] [--images 64] [--repeats 5]
+    python benchmarks/overlap_sampler_fig4.py --weights W      # one model, sampling seed 0
+    python benchmarks/overlap_sampler_fig4.py --report         # plot from the results file
 
-``--weights`` defaults to the random-sampling quick model trained by
-``overlap_sampler_quick_ap.py`` (``output/overlap_sampler_quick_ap/random/model_final.pth``).
+For each seed, the weights are the random-sampling quick model that ``overlap_sampler_quick_ap.py``
+trained with that seed (``output/overlap_sampler_quick_ap/random_s<seed>/model_final.pth``) and
+the samplers draw with that seed; every seed's run is stored under ``"runs"`` and the plot shows
+the mean share (bars) and the spread over seeds (error bars). The first version of this script
+stored one run (``"weights"``, ``"samplers"`` at the top level); ``--report`` plots either.
 On each of the first ``--images`` images of ``synth_shapes_train``, the model's RPN gives the
 training-time proposals (``RPN.*_TOPK_TRAIN``), the ground truth is appended, the examples are
 labelled with the ROI heads' matcher, and each sampler draws the negatives of one RoI batch
@@ -16,6 +21,7 @@ seed. Prints the share of sampled negatives per IoU^{p,n} interval and writes
 import argparse
 import json
 import os
+import statistics
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -34,7 +40,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CONFIG = (
     "OverlapSampler/quick_schedules/faster_rcnn_R_18_FPN_quick_overlap_sampler_synth_shapes.yaml"
 )
-DEFAULT_WEIGHTS = os.path.join(REPO_ROOT, "output/overlap_sampler_quick_ap/random/model_final.pth")
+QUICK_AP_RUNS = os.path.join(REPO_ROOT, "output", "overlap_sampler_quick_ap")
 EDGES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0001]
 
 
@@ -68,25 +74,12 @@ def _negatives_per_image(model, cfg, images):
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS)
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--libra-bins", type=int, default=2, help="K of IoU-balanced (Fig. 4: 2)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    cfg = get_cfg()
-    overlap_sampler.add_overlap_sampler_config(cfg)
-    cfg.merge_from_file(resolve_config_file(CONFIG))
-    cfg.MODEL.DEVICE = "cpu"
+def _measure(cfg, weights, images, repeats, libra_bins, seed) -> dict:
+    """Share of sampled negatives per IoU^{p,n} interval, for each sampler, on one model."""
     model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(args.weights)
-
-    cfg.INPUT.RANDOM_FLIP = "none"
+    DetectionCheckpointer(model).load(weights)
     mapper = DatasetMapper(cfg, is_train=True)
-    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[: args.images]
+    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:images]
     items = [mapper(d) for d in dicts]
     batches = [items[i : i + 8] for i in range(0, len(items), 8)]
     per_image = _negatives_per_image(model, cfg, batches)
@@ -94,22 +87,21 @@ def main() -> None:
     k = cfg.MODEL.OVERLAP_SAMPLER.NEGATIVE.NUM_BINS
     samplers = {
         "random": lambda pn, gn, n, g: sample_negatives(pn, n, "uniform", generator=g),
-        f"IoU-balanced (K={args.libra_bins})": lambda pn, gn, n, g: sample_iou_balanced(
-            gn, n, num_bins=args.libra_bins, generator=g
+        f"IoU-balanced (K={libra_bins})": lambda pn, gn, n, g: sample_iou_balanced(
+            gn, n, num_bins=libra_bins, generator=g
         ),
         f"overlap sampler (soft, K={k})": lambda pn, gn, n, g: sample_negatives(
             pn, n, "soft", num_bins=k, generator=g
         ),
     }
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(seed)
     sampled = {name: [] for name in samplers}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for iou_pn, iou_gn, num_neg in per_image:
             for name, fn in samplers.items():
                 sampled[name].append(iou_pn[fn(iou_pn, iou_gn, num_neg, g)])
-    candidates = torch.cat([pn for pn, _, _ in per_image])
     sampled = {name: torch.cat(v) for name, v in sampled.items()}
-    sampled["all candidate negatives"] = candidates
+    sampled["all candidate negatives"] = torch.cat([pn for pn, _, _ in per_image])
 
     edges = torch.tensor(EDGES)
     table = {}
@@ -121,17 +113,31 @@ def main() -> None:
             "share_iou_pn_ge_0.5": float((v >= 0.5).float().mean()),
             "num": v.numel(),
         }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "overlap_sampler_fig4.json"), "w") as f:
-        weights = os.path.relpath(args.weights, REPO_ROOT) if args.weights else ""
-        json.dump({"edges": EDGES, "weights": weights, "samplers": table}, f, indent=2)
+    return {"weights": os.path.relpath(weights, REPO_ROOT), "seed": seed, "samplers": table}
 
+
+def _runs(data: dict) -> list[dict]:
+    """Every stored run; a file of the first version holds one."""
+    return list(data["runs"].values()) if "runs" in data else [data]
+
+
+def report(data: dict, path: str) -> None:
+    """Print the shares (mean over the runs) and plot them, with the spread over runs."""
+    runs = _runs(data)
+    names = list(runs[0]["samplers"])
     labels = [f"[{a:.1f},{b:.1f})" for a, b in zip(EDGES[:-2], EDGES[1:-1])] + ["[0.7,1]"]
-    print(f"\nshare of sampled negatives per IoU^pn interval ({len(per_image)} images)")
+    mean, std = {}, {}
+    for name in names:
+        shares = [r["samplers"][name]["share_per_interval"] for r in runs]
+        mean[name] = [statistics.mean(col) for col in zip(*shares)]
+        std[name] = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*shares)]
+    seeds = ", ".join(str(r.get("seed", "?")) for r in runs)
+    print(f"\nshare of sampled negatives per IoU^pn interval (runs: {len(runs)}, seeds {seeds})")
     print(f"{'sampler':30s} " + " ".join(f"{x:>9s}" for x in labels) + f" {'mean':>6s}")
-    for name, row in table.items():
-        cells = " ".join(f"{100 * s:8.2f}%" for s in row["share_per_interval"])
-        print(f"{name:30s} {cells} {row['mean_iou_pn']:6.3f}")
+    for name in names:
+        cells = " ".join(f"{100 * s:8.2f}%" for s in mean[name])
+        iou = statistics.mean(r["samplers"][name]["mean_iou_pn"] for r in runs)
+        print(f"{name:30s} {cells} {iou:6.3f}")
 
     import matplotlib
 
@@ -139,20 +145,63 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.8))
-    width = 0.8 / len(table)
-    for i, (name, row) in enumerate(table.items()):
-        xs = [j + (i - (len(table) - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, [100 * s for s in row["share_per_interval"]], width=width, label=name)
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(labels))]
+        err = [100 * s for s in std[name]] if len(runs) > 1 else None
+        ax.bar(xs, [100 * s for s in mean[name]], width=width, yerr=err, label=name)
     ax.set_xticks(range(len(labels)), labels, rotation=30)
     ax.set_xlabel("max IoU between a sampled negative and the positives (IoU^{p,n})")
     ax.set_ylabel("share of sampled negatives (%)")
     ax.set_yscale("log")
-    ax.set_title("Figure 4 on synth_shapes (quick R-18-FPN model)")
+    ax.set_title(f"Figure 4 on synth_shapes (quick R-18-FPN model; {len(runs)} run(s))")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2)
     fig.tight_layout()
-    path = os.path.join(RESULTS, "overlap_sampler_fig4.png")
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=100)
     print(f"plot: {path}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default=None, help="one model (default: --seeds' models)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--libra-bins", type=int, default=2, help="K of IoU-balanced (Fig. 4: 2)")
+    parser.add_argument("--results-dir", default=RESULTS, help="where the JSON and plot go")
+    parser.add_argument(
+        "--runs-dir", default=QUICK_AP_RUNS, help="overlap_sampler_quick_ap.py's training outputs"
+    )
+    parser.add_argument("--report", action="store_true", help="plot the results file only")
+    args = parser.parse_args()
+    path = os.path.join(args.results_dir, "overlap_sampler_fig4.json")
+    plot = os.path.join(args.results_dir, "overlap_sampler_fig4.png")
+    if args.report:
+        with open(path) as f:
+            report(json.load(f), plot)
+        return
+
+    cfg = get_cfg()
+    overlap_sampler.add_overlap_sampler_config(cfg)
+    cfg.merge_from_file(resolve_config_file(CONFIG))
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.INPUT.RANDOM_FLIP = "none"
+    if args.weights:
+        todo = {"weights": (args.weights, 0)}
+    else:
+        todo = {
+            f"s{seed}": (os.path.join(args.runs_dir, f"random_s{seed}", "model_final.pth"), seed)
+            for seed in args.seeds
+        }
+    runs = {
+        key: _measure(cfg, weights, args.images, args.repeats, args.libra_bins, seed)
+        for key, (weights, seed) in todo.items()
+    }
+    data = {"edges": EDGES, "images": args.images, "repeats": args.repeats, "runs": runs}
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+    report(data, plot)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ import numbers
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_noisy_anchors_config", "check_noisy_anchors_config"]
+__all__ = ["ASSIGNMENTS", "add_noisy_anchors_config", "check_noisy_anchors_config"]
+
+#: Values of MODEL.NOISY_ANCHORS.ASSIGNMENT.
+ASSIGNMENTS = ("topn", "iou")
 
 
 def add_noisy_anchors_config(cfg: CN) -> None:
@@ -16,6 +19,13 @@ def add_noisy_anchors_config(cfg: CN) -> None:
     # (Alg. 1 lines 2-6). Table 4(b): N = 30 and N = 40 tie at 37.7 AP; 30 is also what the
     # authors' released configs use. No IoU thresholds: every other anchor is negative.
     _C.MODEL.NOISY_ANCHORS.TOPN = 30
+    # Which anchors are the candidate positives. "topn": the top-N anchors of each ground truth
+    # (Alg. 1, TOPN above). "iou": the detector's own IoU-threshold matcher
+    # (MODEL.RETINANET.IOU_THRESHOLDS / MODEL.RPN.IOU_THRESHOLDS with their IOU_LABELS), with the
+    # method's soft labels and re-weighting on its positives; with MODEL.RPN.IOU_THRESHOLDS [0.5]
+    # and IOU_LABELS [0, 1] this is Table 5's "RPN-0.5" assignment ("RPN-0.5 + SR": also
+    # SOFT_LABELS False).
+    _C.MODEL.NOISY_ANCHORS.ASSIGNMENT = "topn"
     # alpha: weight of loc_a against cls_c in the cleanliness c (Eq. 3) and in r (Eq. 4).
     # Table 4(c): 0.75 is best.
     _C.MODEL.NOISY_ANCHORS.ALPHA = 0.75
@@ -49,6 +59,12 @@ def check_noisy_anchors_config(cfg: CN) -> None:
         raise ValueError(
             "top_n (MODEL.NOISY_ANCHORS.TOPN) must be an integer >= 1 (N of Alg. 1, the "
             f"candidate positives per ground truth), got {na.TOPN!r}"
+        )
+    if na.ASSIGNMENT not in ASSIGNMENTS:
+        raise ValueError(
+            f"MODEL.NOISY_ANCHORS.ASSIGNMENT must be one of {', '.join(ASSIGNMENTS)} (topn: Alg. "
+            "1's top-N anchors per ground truth; iou: the detector's IoU-threshold matcher, e.g. "
+            f"Table 5's RPN-0.5), got {na.ASSIGNMENT!r}"
         )
     for key, arg in (("SOFT_LABELS", "soft_labels"), ("REWEIGHTING", "reweighting")):
         if not isinstance(na[key], bool):

@@ -38,10 +38,17 @@ __all__ = [
     "bin_indices",
     "overlaps_among_examples",
     "best_positive_weights",
+    "EPSILON_TARGETS",
 ]
 
 #: The probability sampling strategies of §3.2 (Eq. 1: "hard", Eq. 2: "soft", Eq. 3: "linear").
 STRATEGIES = ("uniform", "hard", "soft", "linear")
+
+#: Which sampled positive of a ground truth gets ε (§3.2). "best_including_gt": the largest IoU
+#: among all sampled positives, so the ground-truth box appended to the proposals in training
+#: (IoU 1, zero regression target) takes ε whenever it is sampled; "best_proposal": the largest
+#: IoU among the sampled positives that are real proposals (appended ground truths excluded).
+EPSILON_TARGETS = ("best_including_gt", "best_proposal")
 
 
 def _check_iou(iou: torch.Tensor, name: str) -> None:
@@ -406,6 +413,8 @@ def best_positive_weights(
     is_fg: torch.Tensor,
     num_gt: int,
     epsilon: float,
+    target: str = "best_including_gt",
+    is_gt: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss weights of the sampled RoIs of one image with ε re-weighting (§3.2, Table 2(e)).
 
@@ -415,6 +424,11 @@ def best_positive_weights(
     RoIs R (mean weight 1): the box-head losses, which are averages over the R RoIs, keep their
     scale, and ε = 1 gives weights of exactly 1.
 
+    With ``target="best_including_gt"`` every sampled positive competes, so a sampled appended
+    ground-truth box (IoU 1) is always its ground truth's best. With ``target="best_proposal"``
+    the RoIs flagged in ``is_gt`` do not compete: ε goes to the best real proposal, and a ground
+    truth whose only sampled positive is its own appended box gets no ε.
+
     Args:
         gt_iou: float tensor (R,), each sampled RoI's IoU with its matched ground truth.
         gt_index: int64 tensor (R,), the matched ground-truth index in [0, num_gt) (ignored for
@@ -422,14 +436,23 @@ def best_positive_weights(
         is_fg: bool tensor (R,), the sampled positives.
         num_gt: number of ground truths G >= 0 in the image.
         epsilon: ε > 0.
+        target: one of ``EPSILON_TARGETS``.
+        is_gt: optional bool tensor (R,), the RoIs that are appended ground-truth boxes; None:
+            there are none. Only read for ``target="best_proposal"``.
 
     Returns:
         float32 tensor (R,) of positive weights summing to R.
     """
     if not epsilon > 0:
         raise ValueError(f"epsilon (ε) must be > 0, got {epsilon!r}")
+    if target not in EPSILON_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(EPSILON_TARGETS)}; got {target!r}")
     r = gt_iou.numel()
+    if is_gt is not None and is_gt.shape != (r,):
+        raise ValueError(f"is_gt must have shape ({r},) like gt_iou, got {tuple(is_gt.shape)}")
     weights = torch.ones(r, dtype=torch.float32, device=gt_iou.device)
+    if target == "best_proposal" and is_gt is not None:
+        is_fg = is_fg & ~is_gt.to(torch.bool)  # appended ground truths do not compete for ε
     fg = torch.nonzero(is_fg).flatten()
     if r == 0 or fg.numel() == 0 or num_gt == 0 or epsilon == 1.0:
         return weights

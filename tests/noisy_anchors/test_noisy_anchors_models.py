@@ -242,10 +242,14 @@ def test_every_noisy_anchors_config_merges():
         cfg = get_cfg()
         add_noisy_anchors_config(cfg)
         cfg.merge_from_file(path)
-        if "Base-" not in path:
+        name = os.path.basename(path)
+        if name.startswith("noisy_anchors_"):
             assert cfg.MODEL.META_ARCHITECTURE == "NoisyAnchorsRetinaNet" or (
                 cfg.MODEL.PROPOSAL_GENERATOR.NAME == "NoisyAnchorsRPN"
             ), path
+        elif "baseline" in name:  # the baselines the method configs are compared with
+            assert cfg.MODEL.META_ARCHITECTURE in ("RetinaNet", "GeneralizedRCNN"), path
+            assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "RPN", path
 
 
 class _MarkedProposalsRPN(RPN):
