@@ -3,6 +3,7 @@ own keys)."""
 
 from detectron2.config import CfgNode as CN
 
+from .compose import add_compose_config
 from .evaluation import DEFAULT_AP_IOUS
 
 __all__ = ["add_d2kit_config"]
@@ -13,3 +14,5 @@ def add_d2kit_config(cfg: CN) -> None:
     # AP at these single IoU thresholds (multiples of 0.05 in [0.5, 0.95]) is reported next to
     # COCO's AP, as AP50, AP60, ... plus "AP50:90" (the mean over 0.50:0.05:0.90); () turns it off.
     cfg.TEST.AP_AT_IOUS = DEFAULT_AP_IOUS
+    # MODEL.COMPOSE (a method per step) and MODEL.SUPPRESSION, read by the Composed* heads
+    add_compose_config(cfg)

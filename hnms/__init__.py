@@ -4,7 +4,9 @@ The op (:func:`iou_hash`, :func:`hnms`, :func:`batched_hnms`, :func:`iou_lower_b
 Soft-NMS it pre-filters (:func:`soft_nms`, :func:`batched_soft_nms`, Appendix C.3) need only
 torch; they use the compiled kernels ``hnms._C`` when built, the pure-torch reference otherwise.
 With Detectron2 installed, importing this package also registers ``HashRPN`` (proposal
-generator), ``HashPrefilterRetinaNet`` (meta-architecture) and ``HashPrefilterROIHeads``.
+generator), ``HashPrefilterRetinaNet`` (meta-architecture) and ``HashPrefilterROIHeads``, and
+makes "hnms" and "soft_nms" suppressions (and the "hnms" pre-filter) that any composed head can
+choose with ``MODEL.SUPPRESSION`` (:mod:`hnms.suppression`).
 """
 
 import importlib.util
@@ -32,6 +34,7 @@ if importlib.util.find_spec("detectron2") is not None:
     from .retinanet import HashPrefilterRetinaNet
     from .roi_heads import HashPrefilterFastRCNNOutputLayers, HashPrefilterROIHeads
     from .rpn import HashRPN, find_top_hash_proposals
+    from .suppression import HashNMS, HashPrefilter, SoftNMS
 
     __all__ += [
         "add_hnms_config",
@@ -41,4 +44,7 @@ if importlib.util.find_spec("detectron2") is not None:
         "HashPrefilterROIHeads",
         "HashRPN",
         "find_top_hash_proposals",
+        "HashNMS",
+        "HashPrefilter",
+        "SoftNMS",
     ]

@@ -5,6 +5,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from torchvision.ops import batched_nms
 
+from d2kit.suppression import dense_detections
+
 from ._events import put_kept_fraction
 from .config import check_hnms_config
 from .ops import _check_float, _check_num_hashes
@@ -96,15 +98,11 @@ class HashPrefilterRetinaNet(RetinaNet):
         ``max_detections_per_image``), as RetinaNet's; with Soft-NMS the scores are the decayed
         ones.
         """
-        pred = self._decode_multi_level_predictions(
-            anchors,
-            box_cls,
-            box_delta,
-            self.test_score_thresh,
-            self.test_topk_candidates,
-            image_size,
-        )
-        boxes, scores, classes = pred.pred_boxes.tensor, pred.scores, pred.pred_classes
+        return dense_detections(self, anchors, box_cls, box_delta, image_size, self._suppress)
+
+    def _suppress(self, boxes, scores, classes):
+        """(keep, decayed scores or None) of this model's suppression, from its attributes."""
+        new_scores = None
         if self.suppression == "soft_nms":
             if self.prefilter:
                 keep, new_scores = soft_nms_with_hash_prefilter(
@@ -129,9 +127,5 @@ class HashPrefilterRetinaNet(RetinaNet):
         else:
             keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
         if self.prefilter:
-            put_kept_fraction("hnms/retinanet_kept_fraction", len(pred), len(keep))
-        keep = keep[: self.max_detections_per_image]
-        result = pred[keep]
-        if self.suppression == "soft_nms":
-            result.scores = new_scores[: self.max_detections_per_image]
-        return result
+            put_kept_fraction("hnms/retinanet_kept_fraction", len(boxes), len(keep))
+        return keep, new_scores

@@ -3,19 +3,20 @@
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
-from detectron2.modeling.roi_heads import FastRCNNOutputLayers
-from detectron2.structures import Boxes, Instances
 
-from ._events import put_kept_fraction
+from d2kit.composed import ComposedOutputLayers
+from d2kit.suppression import NMS, Suppression, fast_rcnn_detections
+
 from .config import check_hnms_config
-from .ops import _check_float, _check_num_hashes
-from .prefilter import nms_with_hash_prefilter
+from .suppression import HashPrefilter
 
 __all__ = [
     "HashPrefilterFastRCNNOutputLayers",
     "HashPrefilterROIHeads",
     "hash_prefiltered_detections",
 ]
+
+_LOG_NAME = "hnms/roi_heads_kept_fraction"
 
 
 def hash_prefiltered_detections(
@@ -39,38 +40,22 @@ def hash_prefiltered_detections(
         (Instances with pred_boxes, scores, pred_classes; int64 [D] index of the proposal of
         every detection)
     """
-    valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if not bool(valid.all()):
-        boxes, scores = boxes[valid], scores[valid]
-    proposal_ids = torch.nonzero(valid).view(-1)
-    scores = scores[:, :-1]
-    num_reg_classes = boxes.shape[1] // 4
-    clipped = Boxes(boxes.reshape(-1, 4))
-    clipped.clip(image_shape)
-    boxes = clipped.tensor.view(-1, num_reg_classes, 4)
-    candidates = scores > score_thresh  # [R, C]
-    ids = torch.nonzero(candidates)  # (proposal, class)
-    boxes = boxes[ids[:, 0], 0] if num_reg_classes == 1 else boxes[candidates]
-    scores = scores[candidates]
-    keep = nms_with_hash_prefilter(boxes, scores, ids[:, 1], nms_thresh, alpha, num_hashes)
-    put_kept_fraction("hnms/roi_heads_kept_fraction", len(scores), len(keep))
-    if topk_per_image >= 0:
-        keep = keep[:topk_per_image]
-    result = Instances(image_shape)
-    result.pred_boxes = Boxes(boxes[keep])
-    result.scores = scores[keep]
-    result.pred_classes = ids[keep, 1]
-    return result, proposal_ids[ids[keep, 0]]
+    suppression = Suppression(NMS(), HashPrefilter(alpha, num_hashes, log_name=_LOG_NAME))
+    return fast_rcnn_detections(
+        boxes, scores, image_shape, score_thresh, nms_thresh, topk_per_image, suppression
+    )
 
 
-class HashPrefilterFastRCNNOutputLayers(FastRCNNOutputLayers):
-    """FastRCNNOutputLayers whose ``inference`` runs HNMS (α, K) before the per-class NMS."""
+class HashPrefilterFastRCNNOutputLayers(ComposedOutputLayers):
+    """FastRCNNOutputLayers whose ``inference`` runs HNMS (α, K) before the per-class NMS: the
+    composed predictor with the suppression "hnms" pre-filter + "nms"."""
 
     @configurable
     def __init__(self, *, prefilter_alpha: float = 0.73, prefilter_num_hashes: int = 1, **kwargs):
-        super().__init__(**kwargs)
-        self.prefilter_alpha = _check_float(prefilter_alpha, "prefilter_alpha", 0.0, 1.0)
-        self.prefilter_num_hashes = _check_num_hashes(prefilter_num_hashes)
+        prefilter = HashPrefilter(prefilter_alpha, prefilter_num_hashes, log_name=_LOG_NAME)
+        super().__init__(detection_suppression=Suppression(NMS(), prefilter), **kwargs)
+        self.prefilter_alpha = prefilter.alpha
+        self.prefilter_num_hashes = prefilter.num_hashes
 
     @classmethod
     def from_config(cls, cfg, input_shape):
@@ -79,25 +64,6 @@ class HashPrefilterFastRCNNOutputLayers(FastRCNNOutputLayers):
         ret["prefilter_alpha"] = cfg.MODEL.HNMS.PREFILTER.ALPHA
         ret["prefilter_num_hashes"] = cfg.MODEL.HNMS.PREFILTER.NUM_HASHES
         return ret
-
-    def inference(self, predictions, proposals):
-        """Same inputs and outputs as FastRCNNOutputLayers.inference."""
-        boxes = self.predict_boxes(predictions, proposals)
-        scores = self.predict_probs(predictions, proposals)
-        out = [
-            hash_prefiltered_detections(
-                b,
-                s,
-                p.image_size,
-                self.test_score_thresh,
-                self.test_nms_thresh,
-                self.test_topk_per_image,
-                self.prefilter_alpha,
-                self.prefilter_num_hashes,
-            )
-            for b, s, p in zip(boxes, scores, proposals)
-        ]
-        return [r for r, _ in out], [i for _, i in out]
 
 
 @ROI_HEADS_REGISTRY.register()

@@ -3,28 +3,14 @@
 import torch
 from detectron2.config import configurable
 from detectron2.modeling.proposal_generator import PROPOSAL_GENERATOR_REGISTRY, RPN
-from detectron2.structures import Boxes, Instances
+
+from d2kit.suppression import find_top_proposals, topk_per_group
 
 from ._events import put_kept_fraction
 from .config import check_hnms_config
 from .ops import _ALPHA_FIX, _check_float, _check_hash_params, _check_num_hashes, batched_hnms
 
 __all__ = ["HashRPN", "find_top_hash_proposals", "topk_per_group"]
-
-
-def topk_per_group(keep: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Tensor:
-    """The first ``k`` entries of every group, keeping the order of ``keep``.
-
-    Args:
-        keep: int64 [M] indices, in order of preference (e.g. by decreasing score).
-        groups: int64 [M] non-negative group id of every entry of ``keep``.
-        k: at most this many per group; ``k <= 0`` keeps everything.
-    """
-    if k <= 0 or keep.numel() == 0:
-        return keep
-    onehot = torch.nn.functional.one_hot(groups, int(groups.max()) + 1)
-    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # rank of each entry within its group
-    return keep[rank < k]
 
 
 def find_top_hash_proposals(
@@ -57,45 +43,23 @@ def find_top_hash_proposals(
         list of N Instances with ``proposal_boxes`` and ``objectness_logits``, by decreasing score.
     """
     hash_kwargs = hash_kwargs or {}
-    num_images = len(image_sizes)
-    device = proposals[0].device
-    batch_idx = torch.arange(num_images, device=device)[:, None]
-    top_scores, top_boxes, levels = [], [], []
-    for level, (boxes_l, logits_l) in enumerate(zip(proposals, pred_objectness_logits)):
-        k = min(pre_nms_topk, logits_l.shape[1])  # P1
-        scores_l, idx = logits_l.topk(k, dim=1)
-        top_scores.append(scores_l)
-        top_boxes.append(boxes_l[batch_idx, idx])
-        levels.append(torch.full((k,), level, dtype=torch.int64, device=device))
-    top_scores = torch.cat(top_scores, dim=1)
-    top_boxes = torch.cat(top_boxes, dim=1)
-    levels = torch.cat(levels, dim=0)
 
-    results = []
-    for n, image_size in enumerate(image_sizes):
-        boxes = Boxes(top_boxes[n])
-        scores = top_scores[n]
-        lvl = levels
-        valid = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
-        if not bool(valid.all()):
-            if training:
-                raise FloatingPointError(
-                    "Predicted boxes or scores contain Inf/NaN. Training has diverged."
-                )
-            boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
-        boxes.clip(image_size)
-        big = boxes.nonempty(threshold=min_box_size)
-        if not bool(big.all()):
-            boxes, scores, lvl = boxes[big], scores[big], lvl[big]
-        keep = batched_hnms(boxes.tensor, scores, lvl, alpha, num_hashes, **hash_kwargs)
+    def suppress(boxes, scores, levels):
+        keep = batched_hnms(boxes, scores, levels, alpha, num_hashes, **hash_kwargs)
         put_kept_fraction("hnms/rpn_kept_fraction", len(boxes), len(keep))
-        keep = topk_per_group(keep, lvl[keep], post_topk_per_level)  # P2
-        keep = keep[:post_nms_topk]  # P3
-        res = Instances(image_size)
-        res.proposal_boxes = boxes[keep]
-        res.objectness_logits = scores[keep]
-        results.append(res)
-    return results
+        return keep
+
+    return find_top_proposals(
+        proposals,
+        pred_objectness_logits,
+        image_sizes,
+        suppress,
+        pre_nms_topk,
+        post_nms_topk,
+        min_box_size,
+        training,
+        post_topk_per_level=post_topk_per_level,
+    )
 
 
 @PROPOSAL_GENERATOR_REGISTRY.register()

@@ -56,8 +56,7 @@ def noisy_kwargs_from_config(cfg) -> dict:
     check_noisy_anchors_config(cfg)
     na = cfg.MODEL.NOISY_ANCHORS
     # fmt: off
-    return {
-        "anchor_matcher":    TopNMatcher(na.TOPN),  # Alg. 1 lines 2-6
+    ret = {
         "cleanliness_alpha": na.ALPHA,
         "reweight_gamma":    na.GAMMA,
         "noisy_variant":     na.VARIANT,
@@ -66,6 +65,9 @@ def noisy_kwargs_from_config(cfg) -> dict:
         "reweight_eps":      na.EPS,
     }
     # fmt: on
+    if na.ASSIGNMENT == "topn":  # "iou" keeps the matcher detectron2 built from IOU_THRESHOLDS
+        ret["anchor_matcher"] = TopNMatcher(na.TOPN)  # Alg. 1 lines 2-6
+    return ret
 
 
 class NoisyAnchorsSettings:

@@ -15,20 +15,24 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
+from d2kit.compose import Component, register_component
+
 from ._common import NoisyAnchorsSettings, log_noisy_stats, noisy_kwargs_from_config
 from .losses import noisy_anchors_dense_losses
 
-__all__ = ["NoisyAnchorsRetinaNet"]
+__all__ = ["NoisyAnchorsRetinaNet", "NoisyAnchorsRetinaNetMixin"]
 
 
-@META_ARCH_REGISTRY.register()
-class NoisyAnchorsRetinaNet(NoisyAnchorsSettings, RetinaNet):
-    """RetinaNet with cleanliness-based soft labels and sample re-weighting.
+@register_component("RETINANET", "ASSIGNER", "noisy_anchors", base=RetinaNet)
+class NoisyAnchorsRetinaNetMixin(NoisyAnchorsSettings, Component):
+    """The method on any ``RetinaNet``: the top-N anchor matcher and the losses of Eqs. (5)-(6).
 
-    Built from a config, the anchor matcher is ``TopNMatcher(MODEL.NOISY_ANCHORS.TOPN)``; built
-    from keyword arguments, ``anchor_matcher`` is whatever is given (a detectron2 ``Matcher``
-    gives IoU-threshold positives with the Noisy Anchors losses).
+    The component of ``MODEL.COMPOSE.RETINANET.ASSIGNER = "noisy_anchors"`` in
+    ``ComposedRetinaNet``; it owns the anchor matcher and ``losses`` and leaves inference (and
+    its suppression) alone.
     """
+
+    claims = ("anchor_matcher", "losses")
 
     @configurable
     def __init__(
@@ -99,3 +103,13 @@ class NoisyAnchorsRetinaNet(NoisyAnchorsSettings, RetinaNet):
             "loss_cls": out["loss_cls"] / normalizer,
             "loss_box_reg": out["loss_box_reg"] / normalizer,
         }
+
+
+@META_ARCH_REGISTRY.register()
+class NoisyAnchorsRetinaNet(NoisyAnchorsRetinaNetMixin, RetinaNet):
+    """RetinaNet with cleanliness-based soft labels and sample re-weighting.
+
+    Built from a config, the anchor matcher is ``TopNMatcher(MODEL.NOISY_ANCHORS.TOPN)``; built
+    from keyword arguments, ``anchor_matcher`` is whatever is given (a detectron2 ``Matcher``
+    gives IoU-threshold positives with the Noisy Anchors losses).
+    """

@@ -19,20 +19,23 @@ from detectron2.modeling.proposal_generator.rpn import RPN
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
+from d2kit.compose import Component, register_component
+
 from ._common import NoisyAnchorsSettings, log_noisy_stats, noisy_kwargs_from_config
 from .losses import noisy_anchors_dense_losses
 
-__all__ = ["NoisyAnchorsRPN"]
+__all__ = ["NoisyAnchorsRPN", "NoisyAnchorsRPNMixin"]
 
 
-@PROPOSAL_GENERATOR_REGISTRY.register()
-class NoisyAnchorsRPN(NoisyAnchorsSettings, RPN):
-    """RPN with cleanliness-based soft objectness labels and sample re-weighting.
+@register_component("RPN", "ASSIGNER", "noisy_anchors", base=RPN)
+class NoisyAnchorsRPNMixin(NoisyAnchorsSettings, Component):
+    """The method on any ``RPN``: the top-N anchor matcher and the losses of Eqs. (5)-(6).
 
-    Built from a config, the anchor matcher is ``TopNMatcher(MODEL.NOISY_ANCHORS.TOPN)``. For the
-    RPN, cls_c is the predicted objectness probability and loc_a the IoU of the regressed anchor
-    with its ground truth.
+    The component of ``MODEL.COMPOSE.RPN.ASSIGNER = "noisy_anchors"`` in ``ComposedRPN``; it owns
+    the anchor matcher and ``losses`` and leaves proposal selection (and its suppression) alone.
     """
+
+    claims = ("anchor_matcher", "losses")
 
     @configurable
     def __init__(
@@ -108,3 +111,13 @@ class NoisyAnchorsRPN(NoisyAnchorsSettings, RPN):
             "loss_rpn_loc": out["loss_box_reg"] / normalizer,
         }
         return {k: v * self.loss_weight.get(k, 1.0) for k, v in losses.items()}
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class NoisyAnchorsRPN(NoisyAnchorsRPNMixin, RPN):
+    """RPN with cleanliness-based soft objectness labels and sample re-weighting.
+
+    Built from a config, the anchor matcher is ``TopNMatcher(MODEL.NOISY_ANCHORS.TOPN)``. For the
+    RPN, cls_c is the predicted objectness probability and loc_a the IoU of the regressed anchor
+    with its ground truth.
+    """

@@ -7,7 +7,7 @@ samplers ``OverlapSampler``, ``OverlapSamplerRandom``, ``OverlapSamplerIoUBalanc
 
 from .config import add_overlap_sampler_config, check_overlap_sampler_config
 from .losses import WEIGHT_FIELD, LossWeightMixin, OverlapSamplerOutputLayers
-from .roi_heads import OverlapSamplerROIHeads
+from .roi_heads import OverlapSamplerMixin, OverlapSamplerROIHeads
 from .samplers import (
     OVERLAP_SAMPLER_REGISTRY,
     ImageExamples,

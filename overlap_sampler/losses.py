@@ -14,13 +14,15 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers, _log_c
 from detectron2.structures import Instances
 from fvcore.nn import smooth_l1_loss
 
+from d2kit.compose import Component
+
 __all__ = ["LossWeightMixin", "OverlapSamplerOutputLayers", "WEIGHT_FIELD"]
 
 #: Name of the ``Instances`` field holding each sampled RoI's loss weight (float, shape (R,)).
 WEIGHT_FIELD = "loss_weight"
 
 
-class LossWeightMixin:
+class LossWeightMixin(Component):
     """Box-head losses weighted per RoI by the proposals' ``loss_weight`` field.
 
     With weights w_i over the R sampled RoIs of the batch (the samplers make them sum to R, mean 1):
@@ -35,7 +37,12 @@ class LossWeightMixin:
     predictor's own ``box_reg_loss`` once per distinct weight value. Proposals
     without the field fall back to the predictor's unweighted ``losses``. The federated loss is not
     supported with weights.
+
+    As a component of a composed box predictor it owns ``losses`` (the classification and box
+    losses); a component that adds a loss extends ``losses`` and runs before it.
     """
+
+    claims = ("losses",)
 
     def losses(self, predictions, proposals: List[Instances]) -> Dict[str, torch.Tensor]:
         if not proposals or not all(p.has(WEIGHT_FIELD) for p in proposals):

@@ -11,17 +11,30 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.structures import Instances, pairwise_iou
 from detectron2.utils.events import get_event_storage
 
+from d2kit.compose import Component, register_component
+
 from .config import check_overlap_sampler_config
-from .losses import WEIGHT_FIELD, OverlapSamplerOutputLayers
+from .losses import WEIGHT_FIELD, LossWeightMixin, OverlapSamplerOutputLayers
 from .samplers import ImageExamples, build_overlap_sampler
-from .sampling import _check_args, best_positive_weights, bin_indices, overlaps_among_examples
+from .sampling import (
+    EPSILON_TARGETS,
+    _check_args,
+    best_positive_weights,
+    bin_indices,
+    overlaps_among_examples,
+)
 
-__all__ = ["OverlapSamplerROIHeads"]
+__all__ = ["OverlapSamplerMixin", "OverlapSamplerROIHeads"]
 
 
-@ROI_HEADS_REGISTRY.register()
-class OverlapSamplerROIHeads(StandardROIHeads):
+@register_component("ROI_HEADS", "SAMPLER", "overlap_sampler", base=StandardROIHeads)
+class OverlapSamplerMixin(Component):
     """``StandardROIHeads`` whose training RoIs are chosen by the overlaps among the examples.
+
+    The mixin holds the method (``OverlapSamplerROIHeads`` is it on ``StandardROIHeads``, and
+    ``MODEL.COMPOSE.ROI_HEADS.SAMPLER = "overlap_sampler"`` selects it in ``ComposedROIHeads``):
+    it owns ``label_and_sample_proposals`` and brings the weighted box losses
+    (:class:`~overlap_sampler.losses.LossWeightMixin`) to the box predictor.
 
     Only the labelling-and-sampling step and the box predictor's losses change; the box, mask and
     keypoint heads and inference are Detectron2's (Faster and Mask R-CNN alike).
@@ -47,6 +60,9 @@ class OverlapSamplerROIHeads(StandardROIHeads):
     them; ``label_and_sample_proposals`` is the narrowest hook that has them.
     """
 
+    claims = ("label_and_sample_proposals",)
+    predictor_components = (LossWeightMixin,)
+
     @configurable
     def __init__(
         self,
@@ -54,6 +70,7 @@ class OverlapSamplerROIHeads(StandardROIHeads):
         negative_sampler,
         positive_sampler,
         epsilon: float = 2.0,
+        epsilon_target: str = "best_including_gt",
         pe_with: str = "negatives",
         threshold: float = 0.55,
         log_num_bins: int = 2,
@@ -65,6 +82,8 @@ class OverlapSamplerROIHeads(StandardROIHeads):
             negative_sampler: a sampler of ``OVERLAP_SAMPLER_REGISTRY`` for the negatives.
             positive_sampler: a sampler for the positives.
             epsilon: ε > 0, loss weight of each ground truth's best-matched positive (1: off).
+            epsilon_target: which positive gets ε, one of ``EPSILON_TARGETS``
+                (see :func:`~overlap_sampler.sampling.best_positive_weights`).
             pe_with: "negatives" or "examples", what IoU^{p,e} is taken against
                 (see :func:`~overlap_sampler.sampling.overlaps_among_examples`).
             threshold: θ, only for the logged fraction of sampled negatives with IoU^{p,n} >= θ.
@@ -82,6 +101,11 @@ class OverlapSamplerROIHeads(StandardROIHeads):
         self.negative_sampler = negative_sampler
         self.positive_sampler = positive_sampler
         self.epsilon = float(epsilon)
+        if epsilon_target not in EPSILON_TARGETS:
+            raise ValueError(
+                f"epsilon_target must be one of {EPSILON_TARGETS}; got {epsilon_target!r}"
+            )
+        self.epsilon_target = epsilon_target
         self.pe_with = pe_with
         self.threshold = float(threshold)
         self.log_num_bins = int(log_num_bins)
@@ -96,17 +120,12 @@ class OverlapSamplerROIHeads(StandardROIHeads):
             negative_sampler=build_overlap_sampler(cfg, "negative"),
             positive_sampler=build_overlap_sampler(cfg, "positive"),
             epsilon=oc.EPSILON,
+            epsilon_target=oc.EPSILON_TARGET,
             pe_with=oc.POSITIVE.IOU_WITH,
             threshold=oc.THRESHOLD,
             log_num_bins=oc.NEGATIVE.NUM_BINS,
             log_interval_max=oc.NEGATIVE.INTERVAL_MAX if oc.NEGATIVE.INTERVAL_MAX > 0 else None,
         )
-        return ret
-
-    @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        ret["box_predictor"] = OverlapSamplerOutputLayers(cfg, ret["box_head"].output_shape)
         return ret
 
     @torch.no_grad()
@@ -179,7 +198,14 @@ class OverlapSamplerROIHeads(StandardROIHeads):
         out.set(
             WEIGHT_FIELD,
             best_positive_weights(  # ε re-weighting (§3.2)
-                iou_gt[sampled_idxs], matched_idxs[sampled_idxs], is_fg, num_gt, self.epsilon
+                iou_gt[sampled_idxs],
+                matched_idxs[sampled_idxs],
+                is_fg,
+                num_gt,
+                self.epsilon,
+                target=self.epsilon_target,
+                # the appended ground truths are the last num_gt examples
+                is_gt=sampled_idxs >= len(proposals) - num_gt if self.proposal_append_gt else None,
             ),
         )
         log = {
@@ -224,3 +250,15 @@ class OverlapSamplerROIHeads(StandardROIHeads):
         storage.put_scalar(
             prefix + "num_reweighted", float(np.mean([x["num_reweighted"] for x in logs]))
         )
+
+
+@ROI_HEADS_REGISTRY.register()
+class OverlapSamplerROIHeads(OverlapSamplerMixin, StandardROIHeads):
+    """``StandardROIHeads`` trained with the Overlap Sampler (see :class:`OverlapSamplerMixin`),
+    with :class:`~overlap_sampler.losses.OverlapSamplerOutputLayers` as box predictor."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        ret["box_predictor"] = OverlapSamplerOutputLayers(cfg, ret["box_head"].output_shape)
+        return ret

@@ -11,7 +11,13 @@ Importing the package registers ``RankNMSROIHeads`` and ``CascadeRankNMSROIHeads
 
 from .config import add_rank_nms_config
 from .inference import RankNMSInferenceParams, rank_nms_inference, rank_nms_inference_single_image
-from .predictor import RankHead, RankLossParams, RankNMSOutputLayers, also_return_pooled_features
+from .predictor import (
+    RankHead,
+    RankLossParams,
+    RankNMSOutputLayers,
+    RankNMSPredictorMixin,
+    also_return_pooled_features,
+)
 from .ranking import (
     LOSS_NORMALIZATIONS,
     full_pairs,
@@ -21,6 +27,6 @@ from .ranking import (
     ranking_loss,
     sample_pairs,
 )
-from .roi_heads import CascadeRankNMSROIHeads, RankNMSROIHeads
+from .roi_heads import CascadeRankNMSMixin, CascadeRankNMSROIHeads, RankNMSMixin, RankNMSROIHeads
 
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

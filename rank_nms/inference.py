@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from detectron2.layers import batched_nms
 from detectron2.structures import Boxes, Instances
 
-import hnms
+from d2kit.suppression import NMS, Suppression
 from hnms.soft_nms import SOFT_NMS_METHODS
+from hnms.suppression import SoftNMS
 
 from .ranking import fuse_scores
 
@@ -24,6 +24,7 @@ __all__ = [
     "OUTPUT_SCORES",
     "SUPPRESSIONS",
     "RankNMSInferenceParams",
+    "params_suppression",
     "rank_nms_inference",
     "rank_nms_inference_single_image",
 ]
@@ -98,12 +99,22 @@ class RankNMSInferenceParams:
         return {"fused": self.beta, "cls": 0.0, "rank": 1.0}[self.nms_score]
 
 
+def params_suppression(params: RankNMSInferenceParams) -> Suppression:
+    """The suppression ``params`` selects (``MODEL.RANK_NMS.SUPPRESSION`` and ``SOFT_NMS``)."""
+    if params.suppression == "nms":
+        return Suppression(NMS())
+    return Suppression(
+        SoftNMS(params.soft_nms_method, params.soft_nms_sigma, params.soft_nms_score_thresh)
+    )
+
+
 def rank_nms_inference_single_image(
     boxes: torch.Tensor,
     probs: torch.Tensor,
     rank: torch.Tensor,
     image_shape: tuple[int, int],
     params: RankNMSInferenceParams,
+    suppression: Suppression | None = None,
 ) -> tuple[Instances, torch.Tensor]:
     """Detections of one image.
 
@@ -113,6 +124,9 @@ def rank_nms_inference_single_image(
         rank: float (R,) raw ranking scores s_r.
         image_shape: (height, width) to clip the boxes to.
         params: scoring, thresholds and suppression.
+        suppression: the per-class suppression on the NMS score (a composed model's
+            ``MODEL.SUPPRESSION``: NMS, Soft-NMS, HNMS, with or without a pre-filter); None:
+            ``params.suppression`` (NMS or Soft-NMS).
 
     Returns:
         (Instances with ``pred_boxes``, ``scores``, ``pred_classes`` and the per-detection
@@ -135,29 +149,21 @@ def rank_nms_inference_single_image(
     fused = fuse_scores(s_r, cls, params.effective_beta)  # Eq. (4), (R, K)
     thresholded = cls if params.score_thresh_on == "cls" else fused
     mask = thresholded > params.score_thresh
-    if params.suppression == "soft_nms":
+    if suppression is None:
+        suppression = params_suppression(params)
+    if suppression.decays_scores:
         # Soft-NMS decays multiplicatively, which is only defined for scores >= 0, and outputs
         # each class's best box whatever its score: a fused score <= 0 (or below the Soft-NMS
         # score threshold) is dropped here.
-        mask &= (fused > 0) & (fused >= params.soft_nms_score_thresh)
+        mask &= (fused > 0) & (fused >= suppression.score_threshold)
     inds = mask.nonzero()  # (N, 2): RoI, class
     boxes = boxes[inds[:, 0], 0] if boxes.shape[1] == 1 else boxes[mask]
     nms_scores, cls_scores, classes = fused[mask], cls[mask], inds[:, 1]
 
-    if params.suppression == "nms":
-        keep = batched_nms(boxes, nms_scores, classes, params.nms_thresh)
+    keep, out_scores = suppression(boxes, nms_scores, classes, params.nms_thresh)
+    if out_scores is None:  # hard suppression: the score is kept (fused or s_c)
         out_scores = nms_scores if params.output_score == "fused" else cls_scores
         out_scores = out_scores[keep]
-    else:
-        keep, out_scores = hnms.batched_soft_nms(
-            boxes,
-            nms_scores,
-            classes,
-            method=params.soft_nms_method,
-            sigma=params.soft_nms_sigma,
-            iou_threshold=params.nms_thresh,
-            score_threshold=params.soft_nms_score_thresh,
-        )
     if params.topk_per_image >= 0:
         keep, out_scores = keep[: params.topk_per_image], out_scores[: params.topk_per_image]
 
@@ -176,12 +182,15 @@ def rank_nms_inference(
     rank: list[torch.Tensor],
     image_shapes: list[tuple[int, int]],
     params: RankNMSInferenceParams,
+    suppression: Suppression | None = None,
 ) -> tuple[list[Instances], list[torch.Tensor]]:
     """:func:`rank_nms_inference_single_image` for each image (lists of equal length)."""
     if not len(boxes) == len(probs) == len(rank) == len(image_shapes):
         raise ValueError("boxes, probs, rank and image_shapes must have one entry per image")
+    if suppression is None:
+        suppression = params_suppression(params)
     results = [
-        rank_nms_inference_single_image(b, p, r, shape, params)
+        rank_nms_inference_single_image(b, p, r, shape, params, suppression)
         for b, p, r, shape in zip(boxes, probs, rank, image_shapes)
     ]
     return [r[0] for r in results], [r[1] for r in results]

@@ -24,11 +24,14 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, cat
-from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import get_event_storage
 from torch import nn
+
+from d2kit.compose import Component
+from d2kit.composed import ComposedOutputLayers
 
 from .inference import (
     RANK_ACTIVATIONS,
@@ -50,6 +53,7 @@ __all__ = [
     "RankHead",
     "RankLossParams",
     "RankNMSOutputLayers",
+    "RankNMSPredictorMixin",
     "also_return_pooled_features",
 ]
 
@@ -138,14 +142,23 @@ class RankLossParams:
         _check_choice("target_box (MODEL.RANK_NMS.TARGET_BOX)", self.target_box, TARGET_BOXES)
 
 
-class RankNMSOutputLayers(FastRCNNOutputLayers):
-    """``FastRCNNOutputLayers`` with the ranking subnetwork, its loss and fused-score NMS."""
+class RankNMSPredictorMixin(Component):
+    """The ranking subnetwork, its loss and fused-score inference, on any box predictor.
+
+    As a component of a composed box predictor (``MODEL.COMPOSE.ROI_HEADS.SCORING =
+    "rank_nms"``) it owns ``forward`` (predictions gain the rank scores) and ``inference``
+    (which applies the configured suppression to the fused score), and extends ``losses`` (adds
+    ``loss_rank``) and the prediction helpers (which it hands the first two predictions).
+    """
+
+    claims = ("forward", "inference")
+    extends = ("losses", "predict_boxes", "predict_probs", "predict_boxes_for_gt_classes")
+    applies_suppression = True
 
     @configurable
     def __init__(
         self,
-        input_shape: ShapeSpec,
-        *,
+        *args,
         rank_head: nn.Module,
         rank_loss: RankLossParams | None = None,
         rank_inference: RankNMSInferenceParams | None = None,
@@ -153,15 +166,16 @@ class RankNMSOutputLayers(FastRCNNOutputLayers):
     ):
         """
         Args:
-            input_shape: the box head's output shape (as for ``FastRCNNOutputLayers``).
+            args: the box head's output shape (``input_shape`` of ``FastRCNNOutputLayers``).
             rank_head: R(·), pooled features (R, C, H, W) → (R,) (:class:`RankHead`).
             rank_loss: training of the ranking (None: the paper's defaults).
             rank_inference: scoring and suppression at test time (None: defaults); its
                 thresholds are replaced by this layer's ``test_score_thresh``,
                 ``test_nms_thresh`` and ``test_topk_per_image`` at each call.
-            kwargs: the arguments of ``FastRCNNOutputLayers``.
+            kwargs: the arguments of ``FastRCNNOutputLayers`` (and of the predictor it is mixed
+                into, e.g. ``detection_suppression``: None keeps ``rank_inference``'s).
         """
-        super().__init__(input_shape, **kwargs)
+        super().__init__(*args, **kwargs)
         self.rank_head = rank_head
         self.rank_loss = rank_loss or RankLossParams()
         self.rank_inference = rank_inference or RankNMSInferenceParams()
@@ -170,8 +184,8 @@ class RankNMSOutputLayers(FastRCNNOutputLayers):
         self.rank_only_where_needed = True
 
     @classmethod
-    def from_config(cls, cfg, input_shape, pooled_shape: ShapeSpec):
-        ret = super().from_config(cfg, input_shape)
+    def from_config(cls, cfg, input_shape, pooled_shape: ShapeSpec, **context):
+        ret = super().from_config(cfg, input_shape, **context)
         rc = cfg.MODEL.RANK_NMS
         ret.update(
             rank_head=RankHead(
@@ -274,7 +288,14 @@ class RankNMSOutputLayers(FastRCNNOutputLayers):
         probs = self.predict_probs(predictions, proposals)
         rank = predictions[2].split([len(p) for p in proposals])
         image_shapes = [p.image_size for p in proposals]
-        return rank_nms_inference(boxes, probs, rank, image_shapes, self.inference_params())
+        return rank_nms_inference(
+            boxes,
+            probs,
+            rank,
+            image_shapes,
+            self.inference_params(),
+            suppression=getattr(self, "detection_suppression", None),
+        )
 
     def inference_params(self) -> RankNMSInferenceParams:
         """``rank_inference`` with this layer's current test thresholds."""
@@ -361,3 +382,8 @@ class RankNMSOutputLayers(FastRCNNOutputLayers):
         lv, sc = levels[sel], score[sel]
         for q in torch.unique(lv).tolist():
             storage.put_scalar(prefix + f"score_level{q}", sc[lv == q].mean().item())
+
+
+class RankNMSOutputLayers(RankNMSPredictorMixin, ComposedOutputLayers):
+    """``FastRCNNOutputLayers`` with the ranking subnetwork, its loss and fused-score NMS (the
+    suppression of ``MODEL.RANK_NMS.SUPPRESSION``, unless ``detection_suppression`` is given)."""

@@ -15,10 +15,12 @@ from detectron2.modeling.roi_heads import (
     StandardROIHeads,
 )
 
-from .inference import rank_nms_inference
-from .predictor import RankNMSOutputLayers, also_return_pooled_features
+from d2kit.compose import Component, register_component, register_config_check
 
-__all__ = ["RankNMSROIHeads", "CascadeRankNMSROIHeads"]
+from .inference import rank_nms_inference
+from .predictor import RankNMSOutputLayers, RankNMSPredictorMixin, also_return_pooled_features
+
+__all__ = ["CascadeRankNMSMixin", "CascadeRankNMSROIHeads", "RankNMSMixin", "RankNMSROIHeads"]
 
 
 def _pooled_shape(cfg, input_shape) -> ShapeSpec:
@@ -30,24 +32,47 @@ def _pooled_shape(cfg, input_shape) -> ShapeSpec:
     return ShapeSpec(channels=channels.pop(), height=res, width=res)
 
 
-@ROI_HEADS_REGISTRY.register()
-class RankNMSROIHeads(StandardROIHeads):
-    """``StandardROIHeads`` with the Rank-NMS subnetwork (Tan et al., ICCV 2019).
+@register_component("ROI_HEADS", "SCORING", "rank_nms", base=StandardROIHeads)
+class RankNMSMixin(Component):
+    """The Rank-NMS subnetwork (Tan et al., ICCV 2019) on ``StandardROIHeads``.
 
     Training adds ``loss_rank`` (Eq. (2) over Algorithm 1's pairs) to the box losses, computed on
     the sampled RoIs of ``label_and_sample_proposals`` (``MODEL.RANK_NMS.TRAIN_ON``). At test
     time the box predictor suppresses per class by the fused score s = β·s_r + (1 − β)·s_c
     (Eq. (4)); with ``MASK_ON`` the masks are predicted on the survivors, as in Detectron2.
     Everything else (proposal sampling, box/mask heads) is Detectron2's.
+
+    The component of ``MODEL.COMPOSE.ROI_HEADS.SCORING = "rank_nms"``: the box predictor gets
+    :class:`~rank_nms.predictor.RankNMSPredictorMixin`, and the box head hands it the RoIAlign
+    features it read (a forward hook, hence the claim on ``box_head``: no other component may
+    change what the box head returns).
     """
+
+    claims = ("box_head",)
+    predictor_components = (RankNMSPredictorMixin,)
 
     @configurable
     def __init__(self, **kwargs):
-        """Arguments of ``StandardROIHeads``; ``box_predictor`` must be a
-        :class:`~rank_nms.predictor.RankNMSOutputLayers`."""
+        """Arguments of ``StandardROIHeads``; ``box_predictor`` must have the
+        :class:`~rank_nms.predictor.RankNMSPredictorMixin` (e.g. ``RankNMSOutputLayers``)."""
         super().__init__(**kwargs)
         _check_predictor(self.box_predictor, "box_predictor")
         self.box_head.register_forward_hook(also_return_pooled_features)
+
+    @classmethod
+    def predictor_context(cls, cfg, input_shape) -> dict:
+        return {"pooled_shape": _pooled_shape(cfg, input_shape)}
+
+    @classmethod
+    def check_composed_config(cls, cfg) -> None:
+        _check_output_score(cfg)
+
+
+@ROI_HEADS_REGISTRY.register()
+class RankNMSROIHeads(RankNMSMixin, StandardROIHeads):
+    """``StandardROIHeads`` with the Rank-NMS subnetwork (see :class:`RankNMSMixin`) and
+    :class:`~rank_nms.predictor.RankNMSOutputLayers` as box predictor, which suppresses as
+    ``MODEL.RANK_NMS.SUPPRESSION`` says."""
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
@@ -58,9 +83,9 @@ class RankNMSROIHeads(StandardROIHeads):
         return ret
 
 
-@ROI_HEADS_REGISTRY.register()
-class CascadeRankNMSROIHeads(CascadeROIHeads):
-    """``CascadeROIHeads`` with the Rank-NMS subnetwork on the last stage.
+@register_component("ROI_HEADS", "SCORING", "rank_nms", base=CascadeROIHeads)
+class CascadeRankNMSMixin(Component):
+    """The Rank-NMS subnetwork on the last stage of ``CascadeROIHeads``.
 
     The paper does not say where the ranking head sits in Cascade R-CNN; it is on the last stage
     here, trained on that stage's relabelled RoIs (IoU with the ground truth of the boxes
@@ -68,28 +93,32 @@ class CascadeRankNMSROIHeads(CascadeROIHeads):
     averaged over the stages and whose boxes the last stage regresses, as in Detectron2. The
     paper's footnote sets the positive fraction of each stage to 0.5
     (``ROI_HEADS.POSITIVE_FRACTION: 0.5`` in ``configs/RankNMS/``).
+
+    The component of ``MODEL.COMPOSE.ROI_HEADS.SCORING = "rank_nms"`` in
+    ``ComposedCascadeROIHeads``: it owns Cascade's inference (``_forward_box``, where Cascade
+    suppresses) and applies the last predictor's suppression to the fused score.
     """
+
+    claims = ("_forward_box", "box_heads")
+    applies_suppression = True
+    predictor_components = (RankNMSPredictorMixin,)
 
     @configurable
     def __init__(self, **kwargs):
-        """Arguments of ``CascadeROIHeads``; the last of ``box_predictors`` must be a
-        :class:`~rank_nms.predictor.RankNMSOutputLayers`."""
+        """Arguments of ``CascadeROIHeads``; the last of ``box_predictors`` must have the
+        :class:`~rank_nms.predictor.RankNMSPredictorMixin`."""
         super().__init__(**kwargs)
         _check_predictor(self.box_predictor[-1], "box_predictors[-1]")
         self.box_predictor[-1].rank_only_where_needed = False  # thresholds see averaged scores
         self.box_head[-1].register_forward_hook(also_return_pooled_features)
 
     @classmethod
-    def _init_box_head(cls, cfg, input_shape):
-        ret = super()._init_box_head(cfg, input_shape)
-        last = ret["box_predictors"][-1]
-        ret["box_predictors"][-1] = RankNMSOutputLayers(
-            cfg,
-            ret["box_heads"][-1].output_shape,
-            pooled_shape=_pooled_shape(cfg, input_shape),
-            box2box_transform=last.box2box_transform,
-        )
-        return ret
+    def predictor_context(cls, cfg, input_shape) -> dict:
+        return {"pooled_shape": _pooled_shape(cfg, input_shape)}
+
+    @classmethod
+    def check_composed_config(cls, cfg) -> None:
+        _check_output_score(cfg)
 
     def _forward_box(self, features, proposals, targets=None):
         if self.training:  # losses: per stage, as in CascadeROIHeads (loss_rank_stage2)
@@ -111,14 +140,77 @@ class CascadeRankNMSROIHeads(CascadeROIHeads):
             for per_image in zip(*probs_per_stage)
         ]
         rank = predictions[2].split([len(p) for p in proposals])
-        params = self.box_predictor[-1].inference_params()
-        pred_instances, _ = rank_nms_inference(boxes, probs, rank, image_sizes, params)
+        last = self.box_predictor[-1]
+        pred_instances, _ = rank_nms_inference(
+            boxes,
+            probs,
+            rank,
+            image_sizes,
+            last.inference_params(),
+            suppression=getattr(last, "detection_suppression", None),
+        )
         return pred_instances
 
 
+@ROI_HEADS_REGISTRY.register()
+class CascadeRankNMSROIHeads(CascadeRankNMSMixin, CascadeROIHeads):
+    """``CascadeROIHeads`` with the Rank-NMS subnetwork on the last stage (see
+    :class:`CascadeRankNMSMixin`), suppressing as ``MODEL.RANK_NMS.SUPPRESSION`` says."""
+
+    @classmethod
+    def _init_box_head(cls, cfg, input_shape):
+        ret = super()._init_box_head(cfg, input_shape)
+        last = ret["box_predictors"][-1]
+        ret["box_predictors"][-1] = RankNMSOutputLayers(
+            cfg,
+            ret["box_heads"][-1].output_shape,
+            pooled_shape=_pooled_shape(cfg, input_shape),
+            box2box_transform=last.box2box_transform,
+        )
+        return ret
+
+
 def _check_predictor(predictor, name: str) -> None:
-    if not isinstance(predictor, RankNMSOutputLayers):
+    if not isinstance(predictor, RankNMSPredictorMixin):
         raise TypeError(
             f"{name} must be a rank_nms.RankNMSOutputLayers (the Rank-NMS heads need its "
             f"ranking subnetwork), got {type(predictor).__name__}"
         )
+
+
+def _check_output_score(cfg) -> None:
+    """In a composed model the suppression is MODEL.SUPPRESSION's: OUTPUT_SCORE "cls" (the
+    class score of each kept box) is defined for a hard suppression only."""
+    method = cfg.MODEL.SUPPRESSION.METHOD
+    if cfg.MODEL.RANK_NMS.OUTPUT_SCORE == "cls" and method == "soft_nms":
+        raise ValueError(
+            "MODEL.RANK_NMS.OUTPUT_SCORE = 'cls' is defined for a hard suppression only, but "
+            "MODEL.SUPPRESSION.METHOD = 'soft_nms' outputs its decayed scores; set OUTPUT_SCORE "
+            "'fused' or METHOD 'nms' / 'hnms'"
+        )
+
+
+def check_single_method_keys(cfg) -> None:
+    """Raise a ValueError for MODEL.RANK_NMS.SUPPRESSION / SOFT_NMS.* set where no single-method
+    Rank-NMS head reads them (a composed model reads MODEL.SUPPRESSION instead)."""
+    if "RANK_NMS" not in cfg.MODEL or cfg.MODEL.ROI_HEADS.NAME in _SINGLE_METHOD_HEADS:
+        return
+    rc = cfg.MODEL.RANK_NMS
+    for key, value, default in (
+        ("SUPPRESSION", rc.SUPPRESSION, "nms"),
+        ("SOFT_NMS.METHOD", rc.SOFT_NMS.METHOD, "linear"),
+        ("SOFT_NMS.SIGMA", rc.SOFT_NMS.SIGMA, 0.5),
+        ("SOFT_NMS.SCORE_THRESH", rc.SOFT_NMS.SCORE_THRESH, 0.001),
+    ):
+        if value != default:
+            raise ValueError(
+                f"MODEL.RANK_NMS.{key} = {value!r} is read only by "
+                f"{' / '.join(_SINGLE_METHOD_HEADS)}, not by MODEL.ROI_HEADS.NAME = "
+                f"{cfg.MODEL.ROI_HEADS.NAME!r}: a composed model suppresses as "
+                "MODEL.SUPPRESSION.METHOD / PREFILTER say (Soft-NMS parameters in "
+                f"MODEL.HNMS.SOFT_NMS); leave MODEL.RANK_NMS.{key} at {default!r}"
+            )
+
+
+_SINGLE_METHOD_HEADS = ("RankNMSROIHeads", "CascadeRankNMSROIHeads")
+register_config_check(check_single_method_keys)

@@ -11,9 +11,11 @@ A project's ``projects/<Name>/train_net.py`` is a few lines::
     if __name__ == "__main__":
         train_net.invoke_main(main)
 
-Run on its own it trains the baseline configs (no paper keys)::
+Run on its own it adds the keys of every project (:func:`d2kit.projects.project_config_fns`), so
+it trains the baselines and the composed configs, which use several projects at once::
 
     python -m d2kit.engine.train_net --config-file configs/quick_schedules/<config>.yaml
+    python -m d2kit.engine.train_net --config-file configs/Composed/quick_schedules/<config>.yaml
 
 Flags are detectron2's (``default_argument_parser``): ``--config-file``, ``--resume``,
 ``--eval-only``, ``--num-gpus`` (on a machine without GPUs, N > 1 starts N gloo CPU workers),
@@ -117,7 +119,9 @@ def invoke_main(main_fn: Callable, argv: list[str] | None = None) -> None:
 
 
 def _baseline_main(args):
-    return main(args)
+    from ..projects import project_config_fns
+
+    return main(args, config_fns=project_config_fns())
 
 
 if __name__ == "__main__":

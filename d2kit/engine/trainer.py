@@ -13,6 +13,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from ..composed import check_composition_is_used
 from ..evaluation import DEFAULT_AP_IOUS, COCOEvaluatorAtIoUs
 
 __all__ = ["Trainer", "ddp_device_ids"]
@@ -64,6 +65,12 @@ class Trainer(DefaultTrainer):
         """
         super().train()
         return getattr(self, "_last_eval_results", {})
+
+    @classmethod
+    def build_model(cls, cfg):
+        # a MODEL.COMPOSE / MODEL.SUPPRESSION key that no built head reads is an error
+        check_composition_is_used(cfg)
+        return super().build_model(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
