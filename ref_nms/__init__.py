@@ -14,18 +14,37 @@ the expression encoder and relatedness module (Eqs. (1)-(2)), the score fusion, 
 proposal selection with the baseline rule; the frozen first stage and its per-image cache
 (:mod:`ref_nms.first_stage`), the ``RefNMS`` meta-architecture (e_q + relatedness module on the
 cached candidates, :mod:`ref_nms.modeling`), the Table 1 evaluator (:mod:`ref_nms.evaluation`),
-the trainer behind ``projects/RefNMS/train_net.py`` (:mod:`ref_nms.trainer`) and the MAttNet
-``matt_dets`` writer (``python -m ref_nms.export_proposals``). Importing it does not import
-spaCy.
+the trainer behind ``projects/RefNMS/train_net.py`` (:mod:`ref_nms.trainer`, with the
+released ReduceLROnPlateau schedule as an option), the MAttNet ``matt_dets`` writer
+(``python -m ref_nms.export_proposals``) and, for Table 2, a small MAttNet-style second-stage
+listener trained on ground-truth regions and fed each proposal set (:mod:`ref_nms.grounding`).
+Importing it does not import spaCy.
 """
 
 from .config import add_ref_nms_config
 from .evaluation import RefNMSEvaluator, expression_recall, summarize_recall
 from .first_stage import (
+    box_features,
     build_detector,
     build_first_stage_cache,
     first_stage_candidates,
     load_candidates,
+    region_head,
+)
+from .grounding import (
+    LISTENER_MODULES,
+    Listener,
+    box_geometry,
+    build_listener,
+    build_listener_images,
+    evaluate_listener,
+    expression_proposals,
+    grounding_accuracy,
+    grounding_hit,
+    listener_examples,
+    listener_settings,
+    relative_geometry,
+    train_listener,
 )
 from .losses import (
     BCE_REDUCTIONS,
@@ -38,7 +57,7 @@ from .losses import (
     sample_bce_proposals,
     sample_rank_proposals,
 )
-from .modeling import RefNMS
+from .modeling import REGION_ENCODERS, RefNMS, ResidualMLPEncoder, build_region_encoder
 from .pseudo_gt import (
     PseudoGroundTruth,
     box_iou_xyxy,

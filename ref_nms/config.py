@@ -12,13 +12,15 @@ def add_ref_nms_config(cfg: CN) -> None:
     Groups: the pseudo ground truth (nouns, word vectors, γ); the expression encoder and the
     relatedness module (Eqs. (1)-(2)); the losses (Eqs. (3)-(4)); the candidates, fused-score NMS
     and proposal selection at inference, and the baseline they are compared with; the frozen
-    first stage and its cache; data and evaluation.
+    first stage and its cache; the region encoder e_v; the learning-rate schedule; data and
+    evaluation; Table 2's second-stage listener (``LISTENER``).
 
     The model built by ``MODEL.META_ARCHITECTURE: "RefNMS"`` is the expression encoder plus the
-    relatedness module only; the detector is ``DETECTOR_CONFIG`` + ``DETECTOR_WEIGHTS``, run once
-    per image and cached (:mod:`ref_nms.first_stage`). The optimiser is Adam with
-    ``SOLVER.BASE_LR`` / ``SOLVER.WEIGHT_DECAY`` (paper: 5e-3 for everything but the head network
-    e_v, which here is the frozen detector's box head).
+    relatedness module (plus a trainable region encoder if ``REGION_ENCODER.NAME`` asks for
+    one); the detector is ``DETECTOR_CONFIG`` + ``DETECTOR_WEIGHTS``, run once per image and
+    cached (:mod:`ref_nms.first_stage`). The optimiser is Adam with ``SOLVER.BASE_LR`` /
+    ``SOLVER.WEIGHT_DECAY`` (paper: 5e-3) and ``REGION_ENCODER.BASE_LR`` for e_v (paper: 4e-4;
+    by default e_v is the frozen detector's box head and has nothing to train).
     """
     _C = cfg
     _C.MODEL.REF_NMS = CN()
@@ -137,6 +139,51 @@ def add_ref_nms_config(cfg: CN) -> None:
     _C.MODEL.REF_NMS.CACHE_FEATURE_DTYPE = "float16"
     # Images per detector forward while building the cache.
     _C.MODEL.REF_NMS.FIRST_STAGE_BATCH_SIZE = 4
+    # Also cache each RoI's pooled feature map (the box head's input: FPN C×7×7, 25 KB per RoI in
+    # float16 for C = 256, 6 KB for the quick configs' 64; C4 1024×14×14, 400 KB per RoI), which
+    # REGION_ENCODER.NAME "box_head" trains on. Off by default: it multiplies the cache size by
+    # ~12-50 (FPN). Part of the cache folder's fingerprint only when on, so the caches of plain
+    # runs are unchanged.
+    _C.MODEL.REF_NMS.CACHE_POOLED_FEATURES = False
+
+    # ---- Region encoder e_v (paper: "an RoI Pooling layer and a convolutional head network",
+    # fine-tuned at 4e-4; ref_nms.md §1.1, §6 #20) ------------------------------------------
+    _C.MODEL.REF_NMS.REGION_ENCODER = CN()
+    # "frozen": v_i = the detector's cached box-head feature as is (the default; nothing of e_v
+    # is trained). "mlp": v_i + MLP(v_i), a trainable residual two-layer MLP on the cached
+    # feature whose last layer starts at zero (so training starts from the frozen feature);
+    # works with any cache. "box_head": a trainable copy of the detector's own box head (FPN:
+    # the FC head; C4: res5 + mean pool), initialised from the detector's weights and run on the
+    # cached RoI-pooled features (needs CACHE_POOLED_FEATURES True) — the paper's fine-tuned head.
+    _C.MODEL.REF_NMS.REGION_ENCODER.NAME = "frozen"
+    # Adam learning rate of e_v's parameters (paper: 4e-4 for the head network; released: 2e-4
+    # for its layer4 copy); the rest of the model uses SOLVER.BASE_LR.
+    _C.MODEL.REF_NMS.REGION_ENCODER.BASE_LR = 4e-4
+    # Hidden width of the "mlp" encoder (0 = VISUAL_DIM).
+    _C.MODEL.REF_NMS.REGION_ENCODER.HIDDEN_DIM = 0
+
+    # ---- Learning-rate schedule (ref_nms.md §2.3, §6 #11) -----------------------------------
+    # "iteration": Detectron2's schedule (SOLVER.STEPS, warm-up; constant in the shipped
+    # configs). "plateau": the release's ReduceLROnPlateau on the validation loss, evaluated
+    # every PLATEAU.EVAL_PERIOD iterations and at the end, keeping the best-validation weights
+    # (saved as OUTPUT_DIR/model_best.pth and loaded back before the final checkpoint and
+    # evaluation). "plateau" needs SOLVER.STEPS () and SOLVER.WARMUP_ITERS 0.
+    _C.MODEL.REF_NMS.LR_SCHEDULE = "iteration"
+    _C.MODEL.REF_NMS.PLATEAU = CN()
+    # Multiply every LR by FACTOR when the val loss has not improved (relative threshold
+    # THRESHOLD, PyTorch's threshold_mode "rel") for more than PATIENCE evaluations; released:
+    # 0.5 / 1 (BCE), 0.6 / 3 (ranking), threshold 1e-4, min LR = initial LR / 100.
+    _C.MODEL.REF_NMS.PLATEAU.FACTOR = 0.5
+    _C.MODEL.REF_NMS.PLATEAU.PATIENCE = 1
+    _C.MODEL.REF_NMS.PLATEAU.THRESHOLD = 1e-4
+    _C.MODEL.REF_NMS.PLATEAU.MIN_LR_RATIO = 0.01
+    # Iterations between val-loss evaluations (released: 1000 steps).
+    _C.MODEL.REF_NMS.PLATEAU.EVAL_PERIOD = 1000
+    # The dataset of the val loss ("" = DATASETS.TEST[0]); its expressions are built like the
+    # training ones (MIN_CANDIDATES_TRAIN, the same sampling, dropout off, a fixed seed).
+    _C.MODEL.REF_NMS.PLATEAU.DATASET = ""
+    # Use only its first N images (0 = all).
+    _C.MODEL.REF_NMS.PLATEAU.MAX_IMAGES = 0
 
     # ---- Data ----------------------------------------------------------------------------------
     # Root of the refer layout (<root>/<dataset>/refs(<split_by>).p, <root>/<dataset>/
@@ -159,3 +206,31 @@ def add_ref_nms_config(cfg: CN) -> None:
     # trade-off; with any, the results also hold "matched/*": the threshold whose mean number
     # of proposals per expression is closest to the baseline's ("Real" rows at a matched count).
     _C.MODEL.REF_NMS.EVAL_SELECTION_THRESHS = ()
+
+    # ---- Second stage for Table 2: a small built-in listener (ref_nms/grounding.py) ---------
+    # A MAttNet-style grounding model (subject, location and relation modules over the
+    # proposals; softmax over an image's proposals, cross-entropy on the referent), trained on
+    # the ground-truth regions as two-stage methods are, then fed each proposal set (Table 2).
+    # Its region features are the frozen detector's box-head features pooled at each box.
+    _C.MODEL.REF_NMS.LISTENER = CN()
+    # Bi-GRU hidden size per direction of its own expression encoder (same word vectors).
+    _C.MODEL.REF_NMS.LISTENER.GRU_HIDDEN_DIM = 64
+    # Hidden width of the module MLPs and the joint embedding width of the matching scores.
+    _C.MODEL.REF_NMS.LISTENER.HIDDEN_DIM = 128
+    _C.MODEL.REF_NMS.LISTENER.EMBED_DIM = 64
+    # Same-class neighbours in the location module's relative offsets (MAttNet: 5).
+    _C.MODEL.REF_NMS.LISTENER.LOCATION_NEIGHBOURS = 5
+    # Relation module: each proposal against every other proposal of the list (max over them).
+    _C.MODEL.REF_NMS.LISTENER.RELATION = True
+    # Dropout on the module inputs while training (0 = off).
+    _C.MODEL.REF_NMS.LISTENER.DROPOUT = 0.5
+    # Training on the ground-truth regions: Adam, epochs over the training expressions.
+    _C.MODEL.REF_NMS.LISTENER.EPOCHS = 15
+    _C.MODEL.REF_NMS.LISTENER.BATCH_SIZE = 32
+    _C.MODEL.REF_NMS.LISTENER.BASE_LR = 1e-3
+    _C.MODEL.REF_NMS.LISTENER.WEIGHT_DECAY = 0.0
+    # A prediction is correct when its IoU with the referent is > this (paper: "larger than
+    # 0.5"; strict).
+    _C.MODEL.REF_NMS.LISTENER.HIT_IOU = 0.5
+    # Datasets whose ground-truth regions train the listener (() = DATASETS.TRAIN).
+    _C.MODEL.REF_NMS.LISTENER.TRAIN_DATASETS = ()

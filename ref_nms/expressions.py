@@ -38,6 +38,7 @@ __all__ = [
     "CandidateStore",
     "TestImageMapper",
     "TrainExpressionMapper",
+    "annotation_xyxy",
     "build_expressions",
     "load_image_dicts",
     "register_refer_datasets",
@@ -146,7 +147,8 @@ def word_lookup_from_cfg(cfg: CfgNode) -> WordLookup:
     return WordLookup(wv, vocabulary_from_cfg(cfg, wv))
 
 
-def _xyxy(ann: dict) -> list[float]:
+def annotation_xyxy(ann: dict) -> list[float]:
+    """A Detectron2 annotation's box as [x1, y1, x2, y2] (absolute pixels)."""
     mode = ann.get("bbox_mode", BoxMode.XYWH_ABS)
     return [float(v) for v in BoxMode.convert(list(ann["bbox"]), mode, BoxMode.XYXY_ABS)]
 
@@ -176,7 +178,7 @@ def build_expressions(
     for d in dataset_dicts:
         anns = d["annotations"]
         index = {a["id"]: i for i, a in enumerate(anns)}
-        boxes = [_xyxy(a) for a in anns]
+        boxes = [annotation_xyxy(a) for a in anns]
         exprs = []
         for ref in d["refs"]:
             if ref["ann_id"] not in index:
@@ -219,8 +221,8 @@ def build_expressions(
 
 class CandidateStore:
     """Reads cached first-stage files (:func:`ref_nms.first_stage.load_candidates`), keeping the
-    most recently used ones in memory while their features take at most ``max_bytes`` (0: keep
-    none)."""
+    most recently used ones in memory while their features (and pooled maps, if cached) take at
+    most ``max_bytes`` (0: keep none)."""
 
     def __init__(self, max_bytes: int = 512 * 2**20):
         self.max_bytes = int(max_bytes)
@@ -229,8 +231,8 @@ class CandidateStore:
 
     @staticmethod
     def _size(item: dict) -> int:
-        f = item["features"]
-        return f.numel() * f.element_size()
+        tensors = [item["features"]] + ([item["pooled"]] if "pooled" in item else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def __call__(self, path: str) -> dict:
         item = self._items.get(path)

@@ -15,9 +15,13 @@ the candidate's RoI, i.e. what its box predictor reads:
 - ``Res5ROIHeads`` (C4, the paper's R-101 Mask R-CNN): ROIAlign on res4 + res5, mean-pooled ->
   2048 (the release's v_i: a copy of layer4 on a 7×7 crop of the C4 map, mean-pooled).
 
-All candidates of one RoI share its feature. The detector is frozen and so is e_v here: the
-features are computed once and cached, whereas the release fine-tunes its copy of layer4 (its
-own learning rate, 4e-4 in the paper); see projects/RefNMS/README.md.
+All candidates of one RoI share its feature. The detector is frozen and, by default, so is e_v:
+the features are computed once and cached, whereas the paper fine-tunes its head network (4e-4)
+and the release a copy of layer4. ``MODEL.REF_NMS.REGION_ENCODER`` trains a small encoder on the
+cached feature ("mlp"), or a copy of the detector's box head on the cached RoI-pooled features
+("box_head", with ``CACHE_POOLED_FEATURES``; :func:`region_head`); see projects/RefNMS/README.md.
+:func:`box_features` pools the same e_v at arbitrary boxes (ground-truth regions, the
+candidates' own boxes) for the second-stage listener (:mod:`ref_nms.grounding`).
 
 :func:`first_stage_candidates` runs the detector's parts (backbone, RPN, ROI pooling, box head,
 box predictor) without Detectron2's inference post-processing; :func:`build_first_stage_cache`
@@ -26,6 +30,7 @@ stores one file per image (``torch.save``) so that training does not rerun the d
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -43,16 +48,20 @@ from torch import nn
 from d2kit.config import add_d2kit_config
 from d2kit.paths import REPO_ROOT, resolve_config_file
 
+from ._checks import check_boxes
 from .selection import filter_candidates
 
 __all__ = [
     "FIRST_STAGE_VERSION",
+    "RegionHead",
+    "box_features",
     "build_detector",
     "build_first_stage_cache",
     "first_stage_cache_dir",
     "first_stage_candidates",
     "load_candidates",
     "region_feature_dim",
+    "region_head",
     "resolve_weights",
 ]
 
@@ -149,23 +158,65 @@ def _check_detector(model: nn.Module) -> None:
         )
 
 
-def _box_features(heads: nn.Module, features: dict, proposals: list) -> torch.Tensor:
-    """The box predictor's input for every RoI, ``(ΣR, D)`` (see the module docstring)."""
-    boxes = [p.proposal_boxes for p in proposals]
-    if getattr(heads, "box_head", None) is not None and hasattr(heads, "box_pooler"):
-        x = heads.box_pooler([features[f] for f in heads.box_in_features], boxes)
-        x = heads.box_head(x)
-        return torch.flatten(x, start_dim=1)
+def _is_standard(heads: nn.Module) -> bool:
+    return getattr(heads, "box_head", None) is not None and hasattr(heads, "box_pooler")
+
+
+def _pool_rois(heads: nn.Module, features: dict, boxes: list) -> torch.Tensor:
+    """The box head's input for every box (``Boxes`` per image, input-image coordinates):
+    ``(ΣR, C, S, S)`` (FPN: ROIAlign on the FPN levels; C4: on res4)."""
+    if _is_standard(heads):
+        return heads.box_pooler([features[f] for f in heads.box_in_features], boxes)
+    return heads.pooler([features[f] for f in heads.in_features], boxes)
+
+
+class RegionHead(nn.Module):
+    """e_v on pooled RoI features: the detector's box head (FPN: the FC head, flattened output)
+    or res5 + the spatial mean (C4), ``(N, C, S, S)`` -> ``(N, v)``. :func:`region_head` returns
+    the detector's own (frozen) one or a trainable copy."""
+
+    def __init__(self, head: nn.Module, mean_pool: bool):
+        super().__init__()
+        self.head = head
+        self.mean_pool = bool(mean_pool)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        x = self.head(pooled)
+        return x.mean(dim=[2, 3]) if self.mean_pool else torch.flatten(x, start_dim=1)
+
+
+def region_head(model: nn.Module, trainable_copy: bool = False) -> RegionHead:
+    """The detector's region head (its box predictor's input from the pooled RoI features).
+
+    Args:
+        model: a two-stage GeneralizedRCNN (StandardROIHeads or Res5ROIHeads).
+        trainable_copy: a deep copy with ``requires_grad`` on (the fine-tuned e_v of the paper,
+            initialised from the detector's weights); False: the detector's own module.
+    """
+    _check_detector(model)
+    heads = model.roi_heads
+    standard = _is_standard(heads)
+    head = heads.box_head if standard else heads.res5
+    if trainable_copy:
+        head = copy.deepcopy(head).requires_grad_(True)
+    return RegionHead(head, mean_pool=not standard)
+
+
+def _box_features(heads: nn.Module, features: dict, proposals: list) -> tuple:
+    """The pooled RoI features and the box predictor's input for every RoI:
+    ``(ΣR, C, S, S)`` and ``(ΣR, D)`` (see the module docstring)."""
+    pooled = _pool_rois(heads, features, [p.proposal_boxes for p in proposals])
+    if _is_standard(heads):
+        return pooled, torch.flatten(heads.box_head(pooled), start_dim=1)
     # Res5ROIHeads: what its forward computes before box_predictor
-    x = heads.res5(heads.pooler([features[f] for f in heads.in_features], boxes))
-    return x.mean(dim=[2, 3])
+    return pooled, heads.res5(pooled).mean(dim=[2, 3])
 
 
 def region_feature_dim(model: nn.Module) -> int:
     """v, the width of the region features :func:`first_stage_candidates` returns for ``model``."""
     _check_detector(model)
     heads = model.roi_heads
-    if getattr(heads, "box_head", None) is not None and hasattr(heads, "box_pooler"):
+    if _is_standard(heads):
         shape = heads.box_head.output_shape
         return int(shape.channels * (shape.height or 1) * (shape.width or 1))
     return int(heads.res5[-1].out_channels)
@@ -178,6 +229,7 @@ def first_stage_candidates(
     delta: float = 0.05,
     min_candidates: int = 1,
     step: float = 0.005,
+    return_pooled: bool = False,
 ) -> list[dict]:
     """The candidate set B of each image: every (RoI, class) pair with class probability > δ,
     before NMS, with its class-specific box and its RoI's feature (module docstring).
@@ -192,6 +244,7 @@ def first_stage_candidates(
         min_candidates: lower δ by ``step`` while fewer pairs pass (released: 32 for training
             images, 1 at inference; :func:`ref_nms.selection.filter_candidates`).
         step: the lowering step (0.005).
+        return_pooled: also return each RoI's pooled feature map (the box head's input).
 
     Returns:
         one dict per image (CPU tensors):
@@ -202,7 +255,9 @@ def first_stage_candidates(
         - ``feature_index``: int64 ``(P,)``, the row of ``features`` of the candidate's RoI;
         - ``features``: float32 ``(F, v)``, one row per RoI with at least one candidate;
         - ``threshold`` (float, δ or the lowered value), ``num_rois`` (int, R),
-          ``height``/``width`` (int).
+          ``height``/``width`` (int);
+        - with ``return_pooled``: ``pooled``, float32 ``(F, C, S, S)``, the rows of ``features``
+          before the box head (:func:`region_head` maps them to ``features``).
     """
     _check_detector(model)
     if model.training:
@@ -211,12 +266,13 @@ def first_stage_candidates(
     features = model.backbone(images.tensor)
     proposals, _ = model.proposal_generator(images, features, None)
     heads = model.roi_heads
-    box_features = _box_features(heads, features, proposals)
+    pooled, box_features = _box_features(heads, features, proposals)
     predictor = heads.box_predictor
     predictions = predictor(box_features)
     probs = predictor.predict_probs(predictions, proposals)
     boxes = predictor.predict_boxes(predictions, proposals)
-    box_features = box_features.split([len(p) for p in proposals])
+    sizes = [len(p) for p in proposals]
+    box_features, pooled = box_features.split(sizes), pooled.split(sizes)
     out = []
     for i, inputs in enumerate(batched_inputs):
         prob, box, feat = probs[i], boxes[i], box_features[i]
@@ -240,6 +296,10 @@ def first_stage_candidates(
         )
         cand_boxes = box[roi_index, class_index if box.shape[1] > 1 else 0]
         rois, feature_index = torch.unique(roi_index, sorted=True, return_inverse=True)
+        if return_pooled:
+            out_pooled = {"pooled": pooled[i][rois].float().cpu()}
+        else:
+            out_pooled = {}
         out.append(
             {
                 "boxes": cand_boxes.float().cpu(),
@@ -251,9 +311,46 @@ def first_stage_candidates(
                 "num_rois": int(r),
                 "height": out_h,
                 "width": out_w,
+                **out_pooled,
             }
         )
     return out
+
+
+@torch.no_grad()
+def box_features(model: nn.Module, batched_inputs: list[dict], boxes: list) -> list[torch.Tensor]:
+    """e_v at given boxes: the detector's box-head feature pooled exactly at each box (what
+    MAttNet extracts for ground-truth regions and for its detections), the same feature as
+    :func:`first_stage_candidates`' RoI features but at any box.
+
+    Args:
+        model: a Detectron2 two-stage GeneralizedRCNN in eval mode.
+        batched_inputs: Detectron2 inputs (``image``, optional ``height``/``width``).
+        boxes: one float ``(N_i, 4)`` tensor per image, x1, y1, x2, y2 in the original image
+            (``height``/``width``) coordinates; may be empty.
+
+    Returns:
+        one float32 CPU tensor ``(N_i, v)`` per image.
+    """
+    _check_detector(model)
+    if model.training:
+        raise ValueError("the detector must be in eval mode (model.eval())")
+    if len(boxes) != len(batched_inputs):
+        raise ValueError(f"boxes has {len(boxes)} entries for {len(batched_inputs)} images")
+    images = model.preprocess_image(batched_inputs)
+    features = model.backbone(images.tensor)
+    scaled = []
+    for i, (inputs, b) in enumerate(zip(batched_inputs, boxes)):
+        check_boxes(f"boxes[{i}]", b)
+        in_h, in_w = images.image_sizes[i]
+        out_h, out_w = int(inputs.get("height", in_h)), int(inputs.get("width", in_w))
+        scale = torch.tensor([in_w / out_w, in_h / out_h] * 2, dtype=torch.float32)
+        scaled.append(Boxes((b.float().cpu() * scale).to(images.tensor.device)))
+    heads = model.roi_heads
+    pooled = _pool_rois(heads, features, scaled)
+    dim = region_feature_dim(model)
+    feats = region_head(model)(pooled) if pooled.shape[0] else torch.zeros(0, dim)
+    return [f.float().cpu() for f in feats.split([len(b) for b in scaled])]
 
 
 def _weights_stamp(path: str) -> dict:
@@ -278,6 +375,8 @@ def first_stage_cache_dir(cfg: CfgNode, min_candidates: int) -> str:
         "min_candidates": int(min_candidates),
         "dtype": c.CACHE_FEATURE_DTYPE,
     }
+    if c.CACHE_POOLED_FEATURES:  # only when on: the plain caches keep their fingerprint
+        key["pooled"] = True
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     root = c.CACHE_DIR or os.path.join(cfg.OUTPUT_DIR, "first_stage_cache")
     return os.path.join(os.path.abspath(root), digest)
@@ -354,10 +453,13 @@ def build_first_stage_cache(
             idx = mine[start : start + batch]
             inputs = [mapper(dict(dataset_dicts[i])) for i in idx]
             results = first_stage_candidates(
-                model, inputs, c.CANDIDATE_SCORE_THRESH, min_candidates, c.CANDIDATE_THRESH_STEP
-            )
+                model, inputs, c.CANDIDATE_SCORE_THRESH, min_candidates, c.CANDIDATE_THRESH_STEP,
+                return_pooled=bool(c.CACHE_POOLED_FEATURES),
+            )  # fmt: skip
             for i, res in zip(idx, results):
                 res["features"] = res["features"].to(_DTYPES[c.CACHE_FEATURE_DTYPE])
+                if "pooled" in res:
+                    res["pooled"] = res["pooled"].to(_DTYPES[c.CACHE_FEATURE_DTYPE])
                 res["image_id"] = dataset_dicts[i]["image_id"]
                 res["file_name"] = dataset_dicts[i]["file_name"]
                 tmp = f"{files[i]}.{os.getpid()}.tmp"

@@ -3,7 +3,10 @@ and the relatedness module (Eqs. (1)-(2)) on top of the cached first-stage candi
 
 ``MODEL.META_ARCHITECTURE: "RefNMS"``. The frozen detector is not part of this model (it runs
 once per image, :mod:`ref_nms.first_stage`), so ``build_model`` needs neither the detector nor
-the data, and checkpoints hold only the relatedness parameters. The fixed word embeddings
+the data, and checkpoints hold only the relatedness parameters (plus the region encoder's when
+``MODEL.REF_NMS.REGION_ENCODER.NAME`` trains one: "mlp" on the cached box-head features,
+"box_head" a copy of the detector's box head on the cached RoI-pooled features; building that
+one reads the detector's weights). The fixed word embeddings
 (:class:`~ref_nms.relatedness.WordLookup`) are attached with :meth:`RefNMS.set_word_lookup`
 (non-persistent: rebuilt from the word vectors and the vocabulary's datasets when loading).
 
@@ -24,6 +27,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from .first_stage import build_detector, region_feature_dim, region_head
 from .losses import (
     bce_loss,
     rank_loss,
@@ -33,9 +37,81 @@ from .losses import (
 )
 from .relatedness import ExpressionEncoder, RelatednessModule, WordLookup
 
-__all__ = ["LOSSES", "RefNMS"]
+__all__ = ["LOSSES", "REGION_ENCODERS", "RefNMS", "ResidualMLPEncoder", "build_region_encoder"]
 
 LOSSES = ("bce", "rank")
+#: MODEL.REF_NMS.REGION_ENCODER.NAME values (ref_nms/config.py).
+REGION_ENCODERS = ("frozen", "mlp", "box_head")
+
+
+class ResidualMLPEncoder(nn.Module):
+    """A small trainable e_v on the cached (frozen) box-head feature: v' = v + FC_2(ReLU(FC_1(v))).
+
+    FC_2 starts at zero, so the encoder starts as the identity, i.e. from the detector's
+    pre-trained feature, as the paper's head starts from the detector's weights.
+
+    Args:
+        dim: v, the cached feature's width (the output has the same width).
+        hidden_dim: FC_1's width.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        for name, v in (("dim", dim), ("hidden_dim", hidden_dim)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        nn.init.xavier_uniform_(self.fc1.weight)
+        nn.init.zeros_(self.fc1.bias)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, v)`` -> ``(N, v)``."""
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+def build_region_encoder(cfg) -> tuple[nn.Module | None, str]:
+    """The trainable region encoder of ``MODEL.REF_NMS.REGION_ENCODER`` and the cached input it
+    reads: ``(None, "features")`` (frozen), ``(ResidualMLPEncoder, "features")`` ("mlp") or
+    ``(RegionHead copy, "pooled")`` ("box_head", built from the detector's weights).
+
+    Raises:
+        ValueError: naming the key, for an unknown name, a non-positive width, or "box_head"
+            without ``CACHE_POOLED_FEATURES`` or with a detector whose features are not
+            ``VISUAL_DIM`` wide.
+    """
+    c = cfg.MODEL.REF_NMS
+    name = c.REGION_ENCODER.NAME
+    if name not in REGION_ENCODERS:
+        raise ValueError(
+            f"MODEL.REF_NMS.REGION_ENCODER.NAME must be one of {REGION_ENCODERS}, got {name!r}"
+        )
+    if name == "frozen":
+        return None, "features"
+    if name == "mlp":
+        hidden = c.REGION_ENCODER.HIDDEN_DIM
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
+            raise ValueError(
+                f"MODEL.REF_NMS.REGION_ENCODER.HIDDEN_DIM must be an int >= 0 (0 = VISUAL_DIM), "
+                f"got {hidden!r}"
+            )
+        return ResidualMLPEncoder(c.VISUAL_DIM, hidden or c.VISUAL_DIM), "features"
+    if not c.CACHE_POOLED_FEATURES:
+        raise ValueError(
+            "MODEL.REF_NMS.REGION_ENCODER.NAME 'box_head' trains a copy of the detector's box head "
+            "on the cached RoI-pooled features: set MODEL.REF_NMS.CACHE_POOLED_FEATURES True (the "
+            "first-stage cache is then rebuilt in its own folder, ~10-50x larger for FPN)"
+        )
+    detector, _ = build_detector(cfg)
+    dim = region_feature_dim(detector)
+    if dim != c.VISUAL_DIM:
+        raise ValueError(
+            f"the detector's box head gives {dim}-d features but MODEL.REF_NMS.VISUAL_DIM is "
+            f"{c.VISUAL_DIM}: set MODEL.REF_NMS.VISUAL_DIM {dim}"
+        )
+    return region_head(detector, trainable_copy=True), "pooled"
 
 
 def _storage():
@@ -62,6 +138,11 @@ class RefNMS(nn.Module):
             :func:`ref_nms.losses.sample_rank_proposals`.
         max_length_train, max_length_test: words kept per expression (None: all).
         inference_chunk: at most this many (candidate, expression) rows per module call.
+        region_encoder: a trainable e_v applied to each RoI's cached input before the
+            relatedness module (:func:`build_region_encoder`), or None (the cached box-head
+            feature as is).
+        region_input: the cached input of the region encoder, ``"features"`` (the box-head
+            feature, ``(F, v)``) or ``"pooled"`` (the RoI-pooled map, ``(F, C, S, S)``).
     """
 
     @configurable
@@ -88,8 +169,14 @@ class RefNMS(nn.Module):
         max_length_train: int | None = 10,
         max_length_test: int | None = None,
         inference_chunk: int = 16384,
+        region_encoder: nn.Module | None = None,
+        region_input: str = "features",
     ):
         super().__init__()
+        if region_input not in ("features", "pooled"):
+            raise ValueError(f"region_input must be 'features' or 'pooled', got {region_input!r}")
+        if region_input == "pooled" and region_encoder is None:
+            raise ValueError("region_input 'pooled' needs a region_encoder (the box head copy)")
         if loss not in LOSSES:
             raise ValueError(f"MODEL.REF_NMS.LOSS must be one of {LOSSES}, got {loss!r}")
         if rank_sampling not in ("all", "release"):
@@ -116,11 +203,16 @@ class RefNMS(nn.Module):
         self.max_length_train = max_length_train
         self.max_length_test = max_length_test
         self.inference_chunk = int(inference_chunk)
+        self.region_encoder = region_encoder
+        self.region_input = region_input
 
     @classmethod
     def from_config(cls, cfg):
         c = cfg.MODEL.REF_NMS
+        region_encoder, region_input = build_region_encoder(cfg)
         return {
+            "region_encoder": region_encoder,
+            "region_input": region_input,
             "encoder": ExpressionEncoder(cfg),
             "relatedness": RelatednessModule(cfg, visual_dim=c.VISUAL_DIM),
             "loss": c.LOSS,
@@ -156,16 +248,31 @@ class RefNMS(nn.Module):
         self.encoder.lookup = lookup.to(self.device)
 
     def _region_features(self, cand: dict) -> torch.Tensor:
-        feats = cand["features"][cand["feature_index"]]
-        return feats.to(device=self.device, dtype=self.relatedness.fc_r.weight.dtype)
+        """v_i of every candidate, ``(P, v)``: its RoI's cached feature, through the region
+        encoder if there is one (run once per RoI, then indexed per candidate)."""
+        dtype = self.relatedness.fc_r.weight.dtype
+        if self.region_input == "pooled":
+            if "pooled" not in cand:
+                raise ValueError(
+                    "the first-stage cache has no RoI-pooled features ('pooled'), which "
+                    "MODEL.REF_NMS.REGION_ENCODER.NAME 'box_head' needs: set "
+                    "MODEL.REF_NMS.CACHE_POOLED_FEATURES True"
+                )
+            rows = cand["pooled"].to(device=self.device, dtype=dtype)
+        else:
+            rows = cand["features"].to(device=self.device, dtype=dtype)
+        if self.region_encoder is not None:
+            rows = self.region_encoder(rows)
+        return rows[cand["feature_index"].to(self.device)]
 
     def forward(self, batched_inputs: list[dict]):
         if self.training:
             return self.losses(batched_inputs)
         return self.inference(batched_inputs)
 
-    def losses(self, batched_inputs: list[dict]) -> dict[str, torch.Tensor]:
-        """Eq. (3) or Eq. (4) over a batch of expressions (module docstring).
+    def losses(self, batched_inputs: list[dict], log: bool = True) -> dict[str, torch.Tensor]:
+        """Eq. (3) or Eq. (4) over a batch of expressions (module docstring); ``log``: put the
+        ``ref_nms/*`` statistics into the event storage (off for the validation loss).
 
         Labels: r*_i and ρ_i of each candidate against the expression's foreground boxes (the
         referent and its pseudo ground truth; :func:`ref_nms.losses.relatedness_targets`).
@@ -215,7 +322,7 @@ class RefNMS(nn.Module):
             loss = bce_loss(logits, targets, groups, **bce)
         else:
             loss = rank_loss(logits, rhos, groups, **self.rank)
-        storage = _storage()
+        storage = _storage() if log else None
         if storage is not None:
             n = max(1, len(batched_inputs))
             storage.put_scalar("ref_nms/candidates_per_expression", num_candidates / n)
