@@ -32,8 +32,21 @@ def _pooled_shape(cfg, input_shape) -> ShapeSpec:
     return ShapeSpec(channels=channels.pop(), height=res, width=res)
 
 
+class _RankNMSComponent(Component):
+    """What the Standard and Cascade components share: the predictor's pooled-feature shape and
+    the check of the keys a composed model cannot honour."""
+
+    @classmethod
+    def predictor_context(cls, cfg, input_shape) -> dict:
+        return {"pooled_shape": _pooled_shape(cfg, input_shape)}
+
+    @classmethod
+    def check_composed_config(cls, cfg) -> None:
+        _check_output_score(cfg)
+
+
 @register_component("ROI_HEADS", "SCORING", "rank_nms", base=StandardROIHeads)
-class RankNMSMixin(Component):
+class RankNMSMixin(_RankNMSComponent):
     """The Rank-NMS subnetwork (Tan et al., ICCV 2019) on ``StandardROIHeads``.
 
     Training adds ``loss_rank`` (Eq. (2) over Algorithm 1's pairs) to the box losses, computed on
@@ -59,14 +72,6 @@ class RankNMSMixin(Component):
         _check_predictor(self.box_predictor, "box_predictor")
         self.box_head.register_forward_hook(also_return_pooled_features)
 
-    @classmethod
-    def predictor_context(cls, cfg, input_shape) -> dict:
-        return {"pooled_shape": _pooled_shape(cfg, input_shape)}
-
-    @classmethod
-    def check_composed_config(cls, cfg) -> None:
-        _check_output_score(cfg)
-
 
 @ROI_HEADS_REGISTRY.register()
 class RankNMSROIHeads(RankNMSMixin, StandardROIHeads):
@@ -84,7 +89,7 @@ class RankNMSROIHeads(RankNMSMixin, StandardROIHeads):
 
 
 @register_component("ROI_HEADS", "SCORING", "rank_nms", base=CascadeROIHeads)
-class CascadeRankNMSMixin(Component):
+class CascadeRankNMSMixin(_RankNMSComponent):
     """The Rank-NMS subnetwork on the last stage of ``CascadeROIHeads``.
 
     The paper does not say where the ranking head sits in Cascade R-CNN; it is on the last stage
@@ -111,14 +116,6 @@ class CascadeRankNMSMixin(Component):
         _check_predictor(self.box_predictor[-1], "box_predictors[-1]")
         self.box_predictor[-1].rank_only_where_needed = False  # thresholds see averaged scores
         self.box_head[-1].register_forward_hook(also_return_pooled_features)
-
-    @classmethod
-    def predictor_context(cls, cfg, input_shape) -> dict:
-        return {"pooled_shape": _pooled_shape(cfg, input_shape)}
-
-    @classmethod
-    def check_composed_config(cls, cfg) -> None:
-        _check_output_score(cfg)
 
     def _forward_box(self, features, proposals, targets=None):
         if self.training:  # losses: per stage, as in CascadeROIHeads (loss_rank_stage2)

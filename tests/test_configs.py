@@ -1,7 +1,6 @@
 """Every YAML under configs/ merges on top of the defaults plus every project's keys."""
 
 import glob
-import importlib
 import os
 
 import pytest
@@ -10,20 +9,14 @@ from detectron2.modeling import build_model
 
 from d2kit.config import add_d2kit_config
 from d2kit.paths import CONFIGS_ROOT
+from d2kit.projects import project_config_fns
 
-PAPER_PACKAGES = ["hnms", "overlap_sampler", "noisy_anchors", "rank_nms", "ref_nms"]
 ALL_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS_ROOT, "**", "*.yaml"), recursive=True))
 QUICK_CONFIGS = [p for p in ALL_CONFIGS if "quick_schedules" in p]
 
 
 def _config_fns():
-    fns = [add_d2kit_config]
-    for name in PAPER_PACKAGES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        fns.append(getattr(module, f"add_{name}_config"))
-    return fns
+    return [add_d2kit_config, *project_config_fns()]
 
 
 def _merged(path):
