@@ -167,6 +167,72 @@ def measure(setting: str, repeat: int, num_images: int, weights: dict | None = N
     }
 
 
+def rois_scored(
+    counts, num_images: int, quick_weights: str | None, quick_config: str | None = None
+) -> dict:
+    """What R(·) costs as a function of the number of RoIs it scores.
+
+    At test time R(·) runs only on the RoIs whose class score passes the threshold, so its cost
+    is its per-RoI multiply-adds times that number. This counts (fvcore) the rank head of the
+    R-50 recipe on ``counts`` RoIs against one whole inference of the baseline R-50 (the
+    ``r50`` setting's model), and gives the number of RoIs at which it reaches 8 %. With
+    ``quick_weights`` (a trained quick Rank-NMS model of ``quick_config``, by default the quick
+    Faster R-CNN) it also measures how many of the test RoIs per image a trained model actually
+    scores on ``synth_shapes_val``.
+    """
+    dicts = DatasetCatalog.get("synth_shapes_val_mini")[:num_images]
+    baseline_cfg, rank_cfg = (_cfg(c) for c in SETTINGS["r50"])
+    torch.manual_seed(0)
+    baseline = build_model(baseline_cfg)
+    baseline.proposal_generator = FixedProposals(baseline_cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
+    mapper = DatasetMapper(baseline_cfg, False)
+    baseline_gflops = _inference_gflops(baseline, [mapper(dict(d)) for d in dicts])
+    head = build_model(rank_cfg).roi_heads.box_predictor.rank_head.eval()
+    res = rank_cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION
+    channels = rank_cfg.MODEL.FPN.OUT_CHANNELS
+
+    def head_gflops(n: int) -> float:
+        counter = FlopCountAnalysis(head, (torch.zeros(n, channels, res, res),))
+        return counter.unsupported_ops_warnings(False).total() / 1e9
+
+    per_roi = head_gflops(100) / 100
+    out = {
+        "config": SETTINGS["r50"][1],
+        "baseline_inference_gflops_per_image": baseline_gflops,
+        "rank_head_gflops_per_roi": per_roi,
+        "overhead_by_rois_scored": {str(n): head_gflops(n) / baseline_gflops for n in counts},
+        "rois_scored_at_8_percent": 0.08 * baseline_gflops / per_roi,
+        "test_rois_per_image": rank_cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+    }
+    if quick_weights:
+        quick_config = quick_config or SETTINGS["quick"][1]
+        cfg = _cfg(quick_config)
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(quick_weights)
+        scored = []
+        hook = model.roi_heads.box_predictor.rank_head.register_forward_hook(
+            lambda module, args, output: scored.append(len(args[0]))
+        )
+        dicts = DatasetCatalog.get("synth_shapes_val")
+        mapper = DatasetMapper(cfg, False)
+        model.eval()
+        with torch.no_grad():
+            for d in dicts:
+                model([mapper(dict(d))])
+        hook.remove()
+        # An image where no RoI passes never calls the head.
+        scored += [0] * (len(dicts) - len(scored))
+        out["quick_trained"] = {
+            "config": quick_config,
+            "weights": os.path.relpath(quick_weights, os.path.dirname(HERE)),
+            "images": len(dicts),
+            "test_rois_per_image": cfg.MODEL.RPN.POST_NMS_TOPK_TEST,
+            "rois_scored_per_image_mean": statistics.mean(scored),
+            "rois_scored_per_image_max": max(scored),
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
@@ -180,12 +246,43 @@ def main() -> None:
         help="trained quick models (e.g. output/rank_nms_quick_ap/{baseline,rank_nms}_s1/"
         "model_final.pth) so that inference sees a trained model's detections",
     )
+    parser.add_argument(
+        "--rois-scored",
+        action="store_true",
+        help="instead of timing: count R(·)'s FLOPs against the number of RoIs it scores (R-50 "
+        "recipe) and, with --rank-weights, how many RoIs a trained quick model scores",
+    )
+    parser.add_argument("--rank-weights", help="a trained quick Rank-NMS model_final.pth")
+    parser.add_argument(
+        "--rank-config",
+        help="the config of --rank-weights (relative to configs/; default: the quick Faster "
+        "R-CNN Rank-NMS leaf)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     table = {}
     if os.path.exists(OUT_JSON):
         with open(OUT_JSON) as f:
             table = json.load(f)
+    if args.rois_scored:
+        counts = (100, 200, 300, 400, 500, 600, 800, 1000)
+        row = rois_scored(counts, 2, args.rank_weights, args.rank_config)
+        table["r50_rois_scored"] = row
+        with open(OUT_JSON, "w") as f:
+            json.dump(table, f, indent=2)
+        print(f"R-50 baseline inference: {row['baseline_inference_gflops_per_image']:.2f} GFLOPs")
+        print(f"R(·) per RoI: {1e3 * row['rank_head_gflops_per_roi']:.2f} MFLOPs")
+        for n, overhead in row["overhead_by_rois_scored"].items():
+            print(f"  {n:>5s} RoIs scored: +{100 * overhead:.1f} %")
+        print(f"8 % reached at {row['rois_scored_at_8_percent']:.0f} RoIs scored")
+        if "quick_trained" in row:
+            q = row["quick_trained"]
+            print(
+                f"trained quick model: {q['rois_scored_per_image_mean']:.1f} of "
+                f"{q['test_rois_per_image']} RoIs scored per image "
+                f"(max {q['rois_scored_per_image_max']})"
+            )
+        return
     for setting in args.settings:
         weights = None
         if setting == "quick" and args.quick_weights:
