@@ -44,6 +44,10 @@ VAL = "synth_shapes_val"
 
 BASELINE = "quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml"
 RANK = "RankNMS/quick_schedules/rank_nms_faster_rcnn_R_18_FPN_quick_synth_shapes.yaml"
+MASK_BASELINE = "quick_schedules/mask_rcnn_R_18_FPN_quick_synth_shapes.yaml"
+MASK_RANK = "RankNMS/quick_schedules/rank_nms_mask_rcnn_R_18_FPN_quick_synth_shapes.yaml"
+CASCADE_BASELINE = "quick_schedules/cascade_rcnn_R_18_FPN_quick_synth_shapes.yaml"
+CASCADE_RANK = "RankNMS/quick_schedules/rank_nms_cascade_rcnn_R_18_FPN_quick_synth_shapes.yaml"
 R = "MODEL.RANK_NMS."
 #: Training runs: (config, overrides, what it measures). Everything else is the quick schedule.
 RUNS = {
@@ -51,11 +55,23 @@ RUNS = {
     "rank_nms": (RANK, [], "Rank-NMS, paper defaults (α 0.5, β 0.15, hard pairs)"),
     "margin_0": (RANK, [R + "MARGIN", "0.0"], "Table 1: α = 0"),
     "margin_0.25": (RANK, [R + "MARGIN", "0.25"], "Table 1: α = 0.25"),
+    "margin_0.75": (RANK, [R + "MARGIN", "0.75"], "Table 1: α = 0.75"),
     "margin_1.0": (RANK, [R + "MARGIN", "1.0"], "Table 1: α = 1.0"),
     "pos_frac_0.5": (RANK, ["MODEL.ROI_HEADS.POSITIVE_FRACTION", "0.5"], "Table 3: ratio 0.5"),
     "full_pair": (RANK, [R + "PAIR_SAMPLING", "full"], "Table 4: full-pair"),
     "foreground": (RANK, [R + "TRAIN_ON", "foreground"], "A1: positives only train R"),
     "regressed": (RANK, [R + "TARGET_BOX", "regressed"], "A8: IoU of the regressed box"),
+    "mask_baseline": (MASK_BASELINE, [], "Mask R-CNN, Detectron2 StandardROIHeads"),
+    "mask_rank_nms": (MASK_RANK, [], "Mask R-CNN + Rank-NMS"),
+    "cascade_baseline": (CASCADE_BASELINE, [], "Cascade R-CNN, Detectron2 CascadeROIHeads"),
+    "cascade_rank_nms": (CASCADE_RANK, [], "Cascade R-CNN + Rank-NMS (last stage)"),
+}
+#: The reference each trained run is paired with by seed (default: baseline and rank_nms).
+PAIRED_WITH = {
+    "mask_rank_nms": ("mask_baseline",),
+    "cascade_rank_nms": ("cascade_baseline",),
+    "mask_baseline": (),
+    "cascade_baseline": (),
 }
 #: Test-time variants evaluated on trained weights: (weights of run, overrides, label).
 EVALS = {
@@ -129,7 +145,11 @@ def cmd_train(args) -> None:
                     "seed": seed,
                     "config": config,
                     "opts": _rel(opts),
-                    "bbox": {k: float(v) for k, v in res["bbox"].items()},
+                    **{
+                        task: {k: float(v) for k, v in res[task].items()}
+                        for task in ("bbox", "segm")
+                        if task in res
+                    },
                     "wall_s": time.perf_counter() - start,
                 },
             )
@@ -241,8 +261,8 @@ def cmd_recall(args) -> None:
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def _stats(rows, metric):
-    values = [r["bbox"].get(metric, float("nan")) for r in rows]
+def _stats(rows, metric, task="bbox"):
+    values = [r[task].get(metric, float("nan")) for r in rows]
     return float(np.mean(values)), float(np.std(values)), len(values)
 
 
@@ -253,15 +273,15 @@ def _group(section: dict, key: str) -> dict:
     return groups
 
 
-def _print_table(title, groups, names, labels):
+def _print_table(title, groups, names, labels, task="bbox"):
     print(f"\n{title}")
     print(f"{'':38s}" + "".join(f"{m:>15s}" for m in METRICS) + "  seeds")
     for name in names:
-        if name not in groups:
+        if name not in groups or not all(task in r for r in groups[name]):
             continue
         rows = groups[name]
         cells = "".join(
-            "{:>15s}".format("{:.2f} ± {:.2f}".format(*_stats(rows, m)[:2])) for m in METRICS
+            "{:>15s}".format("{:.2f} ± {:.2f}".format(*_stats(rows, m, task)[:2])) for m in METRICS
         )
         print(f"{labels.get(name, name)[:38]:38s}{cells}  {len(rows)}")
 
@@ -274,7 +294,8 @@ def _print_paired(table: dict) -> None:
     train = table.get("train", {})
     rows = []
     for row in train.values():
-        for ref_run in ("baseline", "rank_nms"):  # ablations: against both
+        # ablations: against both the baseline and Rank-NMS
+        for ref_run in PAIRED_WITH.get(row["run"], ("baseline", "rank_nms")):
             ref = train.get(f"{ref_run}/s{row['seed']}")
             if row["run"] not in ("baseline", ref_run) and ref:
                 rows.append((f"{row['run']} − {ref_run}", row, ref))
@@ -284,8 +305,11 @@ def _print_paired(table: dict) -> None:
             rows.append((f"{row['eval']} − {row['weights_of']} (same weights)", row, ref))
     groups = {}
     for name, row, ref in rows:
-        diff = {m: row["bbox"].get(m, np.nan) - ref["bbox"].get(m, np.nan) for m in metrics}
-        groups.setdefault(name, []).append(diff)
+        for task in ("bbox", "segm"):
+            if task in row and task in ref:
+                diff = {m: row[task].get(m, np.nan) - ref[task].get(m, np.nan) for m in metrics}
+                label = name if task == "bbox" else f"{name} [mask AP]"
+                groups.setdefault(label, []).append(diff)
     print("\nDifferences paired by seed (mean ± std of the per-seed differences)")
     print(f"{'':52s}" + "".join(f"{'Δ' + m:>15s}" for m in metrics) + "  seeds")
     for name in sorted(groups):
@@ -309,6 +333,7 @@ def cmd_report(args) -> None:
     labels = {k: v[2] for k, v in RUNS.items()} | {k: v[2] for k, v in EVALS.items()}
     _print_table("Trained runs (synth_shapes_val, mean ± std over seeds)", train, RUNS, labels)
     _print_table("Test-time variants of trained weights", evals, EVALS, labels)
+    _print_table("Mask AP of the trained Mask R-CNN runs", train, RUNS, labels, task="segm")
 
     _print_paired(table)
 
@@ -336,6 +361,32 @@ def cmd_report(args) -> None:
         fig.tight_layout()
         fig.savefig(os.path.join(RESULTS, "rank_nms_ap_by_iou.png"), dpi=90)
         print("wrote benchmarks/results/rank_nms_ap_by_iou.png")
+
+    pairs = [
+        ("Faster R-CNN", "baseline", "rank_nms"),
+        ("Mask R-CNN", "mask_baseline", "mask_rank_nms"),
+        ("Cascade R-CNN", "cascade_baseline", "cascade_rank_nms"),
+    ]
+    pairs = [p for p in pairs if p[1] in train and p[2] in train]
+    if len(pairs) > 1:
+        thresholds = ["AP50", "AP60", "AP70", "AP80", "AP90"]
+        x = np.arange(len(thresholds))
+        fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3.2), sharey=True)
+        for ax, (title, base, rank) in zip(axes, pairs):
+            for i, (label, run) in enumerate((("baseline", base), ("Rank-NMS", rank))):
+                rows = train[run]
+                means = [_stats(rows, m)[0] for m in thresholds]
+                stds = [_stats(rows, m)[1] for m in thresholds]
+                ax.bar(x + (i - 0.5) * 0.4, means, 0.4, yerr=stds, capsize=2, label=label)
+            ax.set_xticks(x, [t[2:] for t in thresholds])
+            ax.set_xlabel("IoU threshold (%)")
+            ax.set_title(f"{title} ({len(train[rank])} seeds)", fontsize=9)
+            ax.set_ylim(0, 100)
+        axes[0].set_ylabel("box AP (%), mean ± std")
+        axes[0].legend(fontsize=7, loc="lower left")
+        fig.tight_layout()
+        fig.savefig(os.path.join(RESULTS, "rank_nms_ap_by_iou_detectors.png"), dpi=80)
+        print("wrote benchmarks/results/rank_nms_ap_by_iou_detectors.png")
 
     recall = table.get("recall", {})
     if recall:
