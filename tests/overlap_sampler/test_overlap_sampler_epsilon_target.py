@@ -2,13 +2,12 @@
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
+from overlap_sampler_helpers import tiny_roi_heads_cfg
 
-import overlap_sampler
 from overlap_sampler import WEIGHT_FIELD, OverlapSamplerROIHeads, best_positive_weights
 from overlap_sampler.sampling import EPSILON_TARGETS
 
@@ -60,18 +59,7 @@ def test_bad_target_and_mask_are_rejected():
 
 
 def _cfg(*opts):
-    cfg = get_cfg()
-    overlap_sampler.add_overlap_sampler_config(cfg)
-    cfg.MODEL.ROI_HEADS.NAME = "OverlapSamplerROIHeads"
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 8
-    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.5
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 16
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return tiny_roi_heads_cfg(*opts, batch_size_per_image=8, positive_fraction=0.5)
 
 
 def _heads(*opts):

@@ -11,6 +11,7 @@ from detectron2.modeling.roi_heads import build_roi_heads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
+from overlap_sampler_helpers import tiny_roi_heads_cfg
 
 import overlap_sampler
 from overlap_sampler import (
@@ -32,18 +33,7 @@ QUICK = (
 
 
 def _cfg(*opts):
-    cfg = get_cfg()
-    overlap_sampler.add_overlap_sampler_config(cfg)
-    cfg.MODEL.ROI_HEADS.NAME = "OverlapSamplerROIHeads"
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
-    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
-    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 12
-    cfg.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
-    cfg.MODEL.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
-    cfg.MODEL.ROI_BOX_HEAD.NUM_FC = 1
-    cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 16
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return tiny_roi_heads_cfg(*opts)
 
 
 def _heads(*opts):
