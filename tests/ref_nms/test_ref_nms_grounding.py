@@ -309,7 +309,9 @@ def test_build_listener_images_caches_box_features(tmp_path):
     (full,) = build_listener_images(cfg, "synth_referring_val", max_images=1)
     p = full["candidates"]["boxes"].shape[0]
     assert full["candidate_features"].shape == (p, 256) and p > 0
-    torch.testing.assert_close(full["gt_features"], image["gt_features"])
+    # Pooled with the candidates, the ground-truth boxes go through the box head in a larger
+    # batch: the same features up to float32 rounding of the matrix products, not bit for bit.
+    torch.testing.assert_close(full["gt_features"], image["gt_features"], rtol=1e-4, atol=5e-4)
     folders = sorted(os.listdir(tmp_path))
     stamps = {f: os.path.getmtime(os.path.join(tmp_path, f)) for f in folders}
     (again,) = build_listener_images(cfg, "synth_referring_val", max_images=1)
