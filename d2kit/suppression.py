@@ -19,6 +19,7 @@ use any suppression without a class per pair.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -46,7 +47,7 @@ __all__ = [
 HEADS = ("detections", "rpn")
 
 
-class SuppressionMethod:
+class SuppressionMethod(ABC):
     """One suppression algorithm, run separately within each group of boxes.
 
     Subclasses set ``name`` and implement ``__call__``. ``decays_scores``: the method rescores
@@ -61,6 +62,7 @@ class SuppressionMethod:
     score_threshold = 0.0
     post_topk_per_level = (0, 0)
 
+    @abstractmethod
     def __call__(self, boxes, scores, idxs, iou_threshold: float):
         """
         Args:
@@ -71,7 +73,6 @@ class SuppressionMethod:
             (keep, new_scores): int64 [K] indices into ``boxes`` by decreasing (new) score, and
             float [K] new scores, or None when the method keeps the input scores.
         """
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return self.name
@@ -86,7 +87,7 @@ class NMS(SuppressionMethod):
         return batched_nms(boxes, scores, idxs, iou_threshold), None
 
 
-class Prefilter:
+class Prefilter(ABC):
     """Removes boxes before the suppression method (e.g. HNMS's O(N) hashing, §4.3).
 
     ``__call__(boxes, scores, idxs)`` returns int64 indices of the boxes that go on to the method.
@@ -94,8 +95,9 @@ class Prefilter:
 
     name = ""
 
+    @abstractmethod
     def __call__(self, boxes, scores, idxs) -> torch.Tensor:
-        raise NotImplementedError
+        """int64 indices of the boxes that go on to the suppression method."""
 
     def __repr__(self) -> str:
         return self.name

@@ -57,6 +57,7 @@ __all__ = [
     "box_features",
     "build_detector",
     "build_first_stage_cache",
+    "check_visual_dim",
     "first_stage_cache_dir",
     "first_stage_candidates",
     "load_candidates",
@@ -220,6 +221,18 @@ def region_feature_dim(model: nn.Module) -> int:
         shape = heads.box_head.output_shape
         return int(shape.channels * (shape.height or 1) * (shape.width or 1))
     return int(heads.res5[-1].out_channels)
+
+
+def check_visual_dim(model: nn.Module, visual_dim: int) -> int:
+    """The width of ``model``'s region features; a ValueError naming MODEL.REF_NMS.VISUAL_DIM
+    when it is not ``visual_dim``."""
+    dim = region_feature_dim(model)
+    if dim != visual_dim:
+        raise ValueError(
+            f"the detector's region features are {dim}-d but MODEL.REF_NMS.VISUAL_DIM is "
+            f"{visual_dim}: set MODEL.REF_NMS.VISUAL_DIM {dim}"
+        )
+    return dim
 
 
 @torch.no_grad()
@@ -427,12 +440,7 @@ def build_first_stage_cache(
     if mine:
         os.makedirs(cache_dir, exist_ok=True)
         model, det_cfg = build_detector(cfg)
-        dim = region_feature_dim(model)
-        if dim != c.VISUAL_DIM:
-            raise ValueError(
-                f"the detector's region features are {dim}-d but MODEL.REF_NMS.VISUAL_DIM is "
-                f"{c.VISUAL_DIM}: set MODEL.REF_NMS.VISUAL_DIM {dim}"
-            )
+        dim = check_visual_dim(model, c.VISUAL_DIM)
         meta_file = os.path.join(cache_dir, "meta.json")
         if comm.is_main_process() and not os.path.isfile(meta_file):
             meta = {

@@ -27,7 +27,7 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.events import get_event_storage
 from torch import nn
 
-from .first_stage import build_detector, region_feature_dim, region_head
+from .first_stage import build_detector, check_visual_dim, region_head
 from .losses import (
     bce_loss,
     rank_loss,
@@ -105,12 +105,7 @@ def build_region_encoder(cfg) -> tuple[nn.Module | None, str]:
             "first-stage cache is then rebuilt in its own folder, ~10-50x larger for FPN)"
         )
     detector, _ = build_detector(cfg)
-    dim = region_feature_dim(detector)
-    if dim != c.VISUAL_DIM:
-        raise ValueError(
-            f"the detector's box head gives {dim}-d features but MODEL.REF_NMS.VISUAL_DIM is "
-            f"{c.VISUAL_DIM}: set MODEL.REF_NMS.VISUAL_DIM {dim}"
-        )
+    check_visual_dim(detector, c.VISUAL_DIM)
     return region_head(detector, trainable_copy=True), "pooled"
 
 
