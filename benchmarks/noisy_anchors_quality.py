@@ -5,7 +5,10 @@ Two phases (run both by default):
 ``train``: snapshots the merged config of every run in ``RUNS`` first, then trains them one after
 another (same schedule; ``SEED`` = each of ``--seeds``) through
 ``projects/NoisyAnchors/train_net.py`` into ``output/noisy_anchors_bench/<run>/s<seed>/`` (a run
-whose ``model_final.pth`` exists is skipped).
+whose ``model_final.pth`` exists is skipped). The four runs whose config is also a run of
+``benchmarks/composed_quick_ap.py`` (``SAME_AS_COMPOSED``) take that benchmark's weights of the
+same seed when they exist (``--reuse-from``) and their config matches key by key; the entry
+names them (``weights_from``).
 
 ``analyze``: loads each run's and seed's final weights and measures on ``synth_shapes_val``:
 
@@ -15,6 +18,9 @@ whose ``model_final.pth`` exists is skipped).
   class, and the Pearson correlation of confidence and IoU (before NMS). "Before NMS" are the
   inputs of the detector's own ``batched_nms`` call (recorded in the same inference pass, i.e.
   after the score threshold and per-level top-k), "after NMS" its outputs;
+- what the method decided during training, from the run's ``metrics.json``: the mean soft target,
+  cls_c, loc_a and re-weighting factor, positives per image, ``loss_cls`` (``train_stats``;
+  ``report`` prints them and plots ``noisy_anchors_soft_targets.png``);
 - Table 5 (Faster R-CNN runs): average recall of the RPN proposals at 100 / 300 / 1000 (IoU
   0.5:0.95), with COCO's matching: ``d2kit.evaluation.recall_at_ious``, proposals in objectness
   order, each taking the unmatched ground truth of largest IoU. (Results written before this
@@ -42,12 +48,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
+import yaml
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, build_detection_test_loader
@@ -94,7 +102,30 @@ RUNS = {
         "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
         ["MODEL.NOISY_ANCHORS.SOFT_LABELS", "False"],
     ),
+    # the top-N assignment (Alg. 1) alone: hard labels, no re-weighting
+    "retinanet_noisy_anchors_topn_only": (
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
+        ["MODEL.NOISY_ANCHORS.SOFT_LABELS", "False", "MODEL.NOISY_ANCHORS.REWEIGHTING", "False"],
+    ),
+    # the paper formulation with the released focal alpha (0.5 instead of Detectron2's 0.25)
+    "retinanet_noisy_anchors_focal_alpha_0.5": (
+        "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
+        ["MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.5"],
+    ),
 }
+#: runs whose config is a run of ``benchmarks/composed_quick_ap.py``: with ``--reuse-from`` the
+#: weights that benchmark trained (same config, checked key by key, same seed) are analysed
+#: instead of training again
+SAME_AS_COMPOSED = {
+    "retinanet_baseline": "baseline_retinanet",
+    "retinanet_noisy_anchors": "noisy_anchors_retinanet",
+    "faster_rcnn_baseline": "baseline_faster",
+    "faster_rcnn_noisy_anchors_rpn": "noisy_anchors_rpn",
+}
+#: config keys that may differ between a reused run and this benchmark's frozen config
+REUSE_IGNORED_KEYS = {"OUTPUT_DIR", "SEED", "DATASETS.TEST", "TEST.EVAL_PERIOD"}
+#: training scalars kept from each run's metrics.json (the method's decisions over training)
+TRAIN_SCALARS = ("noisy_anchors/", "num_pos_anchors", "loss_cls", "loss_box_reg")
 
 
 def _merged_cfg(name: str):
@@ -123,17 +154,78 @@ def freeze_configs(runs: list[str], batch: int | None = None) -> None:
             f.write(cfg.dump())
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(frozen_path: str, other_path: str) -> list[str]:
+    """The keys of the frozen config (but ``REUSE_IGNORED_KEYS``) whose value differs in the
+    other config, or that it lacks; the other may have more keys (other projects')."""
+    with open(frozen_path) as f:
+        frozen = _flatten(yaml.safe_load(f))
+    with open(other_path) as f:
+        other = _flatten(yaml.safe_load(f))
+    missing = object()
+    return sorted(
+        key
+        for key, value in frozen.items()
+        if key not in REUSE_IGNORED_KEYS and other.get(key, missing) != value
+    )
+
+
+def _reuse(name: str, seed: int, out: str, reuse_from: str) -> bool:
+    """Take the weights of the composed benchmark's run of the same config and seed, if it has
+    them and its config matches the frozen one; writes ``weights_from.txt`` naming them."""
+    if name not in SAME_AS_COMPOSED:
+        return False
+    src = os.path.join(reuse_from, f"{SAME_AS_COMPOSED[name]}_s{seed}")
+    if not os.path.isfile(os.path.join(src, "model_final.pth")):
+        return False
+    frozen = os.path.join(OUT_ROOT, name, "frozen_config.yaml")
+    diff = config_differences(frozen, os.path.join(src, "config.yaml"))
+    if diff:
+        print(f"[train] {name} seed {seed}: not reusing {src}, config differs in {diff}")
+        return False
+    os.makedirs(out, exist_ok=True)
+    cfg = get_cfg()
+    add_d2kit_config(cfg)
+    noisy_anchors.add_noisy_anchors_config(cfg)
+    cfg.merge_from_file(frozen)
+    cfg.merge_from_list(["SEED", seed, "OUTPUT_DIR", out])
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    for file in ("model_final.pth", "metrics.json"):
+        if os.path.isfile(os.path.join(src, file)):
+            shutil.copyfile(os.path.join(src, file), os.path.join(out, file))
+    with open(os.path.join(out, "weights_from.txt"), "w") as f:
+        f.write(os.path.relpath(src, REPO_ROOT) + "\n")
+    print(f"[train] {name} seed {seed}: reused the weights of {src} (same config and seed)")
+    return True
+
+
 def train(
-    runs: list[str], seeds: list[int], extra_opts: list[str], batch: int | None = None
+    runs: list[str],
+    seeds: list[int],
+    extra_opts: list[str],
+    batch: int | None = None,
+    reuse_from: str | None = None,
 ) -> None:
     """Train each run and seed from the run's frozen config; ``batch`` overrides IMS_PER_BATCH
-    and scales BASE_LR linearly."""
+    and scales BASE_LR linearly; ``reuse_from``: see ``SAME_AS_COMPOSED``."""
     freeze_configs(runs, batch)
     for seed in seeds:
         for name in runs:
             out = os.path.join(OUT_ROOT, name, f"s{seed}")
             if os.path.isfile(os.path.join(out, "model_final.pth")):
                 print(f"[train] {name} seed {seed}: model_final.pth exists, skipped")
+                continue
+            if reuse_from and not extra_opts and _reuse(name, seed, out, reuse_from):
                 continue
             frozen = os.path.join(OUT_ROOT, name, "frozen_config.yaml")
             cmd = [sys.executable, TRAIN_NET, "--config-file", frozen, "OUTPUT_DIR", out]
@@ -310,6 +402,24 @@ def evaluate_run(model, loader, evaluator, gts, limits=(100, 300, 1000)) -> dict
     return res
 
 
+def training_scalars(run_dir: str) -> dict:
+    """``{name: [[iteration, value], ...]}`` of the ``TRAIN_SCALARS`` logged during training
+    (``<run_dir>/metrics.json``, one line per logging period); empty if the file is missing."""
+    path = os.path.join(run_dir, "metrics.json")
+    series: dict[str, list] = {}
+    if not os.path.isfile(path):
+        return series
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "iteration" not in record:
+                continue
+            for key, value in record.items():
+                if key.startswith(TRAIN_SCALARS) and isinstance(value, (int, float)):
+                    series.setdefault(key, []).append([record["iteration"], float(value)])
+    return series
+
+
 def analyze(runs: list[str], seeds: list[int]) -> dict:
     """``{"<run>/s<seed>": measurements}`` of every trained run and seed."""
     gts = _ground_truth()
@@ -325,6 +435,11 @@ def analyze(runs: list[str], seeds: list[int]) -> dict:
             evaluator = COCOEvaluator(VAL, output_dir=os.path.join(run_dir, "eval"))
             key = f"{name}/s{seed}"
             results[key] = {"seed": seed, "val": VAL, **evaluate_run(model, loader, evaluator, gts)}
+            results[key]["train_stats"] = training_scalars(run_dir)
+            reused = os.path.join(run_dir, "weights_from.txt")
+            if os.path.isfile(reused):
+                with open(reused) as f:
+                    results[key]["weights_from"] = f.read().strip()
             print(f"[analyze] {key}: AP {results[key]['AP']:.2f}", flush=True)
     return results
 
@@ -395,6 +510,82 @@ def _report(results: dict) -> None:
             print(f"{name:36s} {cells}  " + "; ".join(sorted(matching)))
 
 
+def _at(series: list, which: str) -> float | None:
+    """The value of a ``[[iteration, value], ...]`` series at its first / last logged
+    iteration, or its mean over the last quarter of training (``"late"``)."""
+    if not series:
+        return None
+    if which == "first":
+        return series[0][1]
+    if which == "last":
+        return series[-1][1]
+    late = [v for it, v in series if it >= 0.75 * series[-1][0]]
+    return float(np.mean(late))
+
+
+def _report_training(results: dict) -> None:
+    """What the method decided during training (from each run's metrics.json), mean ± std over
+    seeds: the soft targets' level and the positives per image."""
+    rows = [
+        ("mean soft target, first log", "noisy_anchors/mean_target", "first"),
+        ("mean soft target, last quarter", "noisy_anchors/mean_target", "late"),
+        ("mean cls_c, last quarter", "noisy_anchors/mean_cls_c", "late"),
+        ("mean loc_a, last quarter", "noisy_anchors/mean_loc_a", "late"),
+        ("mean weight r, last quarter", "noisy_anchors/mean_weight", "late"),
+        ("positive anchors / image, last quarter", "num_pos_anchors", "late"),
+        ("loss_cls, last quarter", "loss_cls", "late"),
+    ]
+    runs = {
+        name: by_seed
+        for name, by_seed in _by_run(results).items()
+        if name.startswith("retinanet") and any(r.get("train_stats") for r in by_seed.values())
+    }
+    if not runs:
+        return
+    print("\nDuring training (metrics.json, RetinaNet runs), mean ± std over seeds")
+    print(f"{'':34s} " + " ".join(f"{n[len('retinanet_') :][:18]:>18s}" for n in runs))
+    for label, key, which in rows:
+        cells = [
+            _fmt([_at(r.get("train_stats", {}).get(key, []), which) for r in by_seed.values()])
+            for by_seed in runs.values()
+        ]
+        if any(c != "-" for c in cells):
+            print(f"{label:34s} " + " ".join(f"{c:>18s}" for c in cells))
+
+
+def _plot_training(results: dict, path: str) -> None:
+    """The mean soft target and positives per image over training, one line per RetinaNet run
+    (mean over seeds)."""
+    curves = {}
+    for name, by_seed in _by_run(results).items():
+        stats = [r.get("train_stats", {}) for r in by_seed.values()]
+        for key, panel in (("noisy_anchors/mean_target", 0), ("num_pos_anchors", 1)):
+            series = [s[key] for s in stats if key in s]
+            if name.startswith("retinanet") and series:
+                n = min(len(x) for x in series)
+                its = [x[0] for x in series[0][:n]]
+                mean = np.mean([[v for _, v in x[:n]] for x in series], axis=0)
+                curves.setdefault(panel, []).append((name, its, mean, len(series)))
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    titles = ("mean soft target of the positives", "positive anchors per image")
+    for panel, ax in enumerate(axes):
+        for name, its, mean, k in curves.get(panel, []):
+            ax.plot(its, mean, label=f"{name[len('retinanet_') :]} ({k} seeds)")
+        ax.set_title(titles[panel], fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"plot: {path}")
+
+
 def _plot(results: dict, path: str) -> None:
     """Confidence vs IoU of the top-2% detections before NMS (paper Table 7), one panel per
     RetinaNet run, from the histograms stored in the results (summed over seeds)."""
@@ -445,12 +636,18 @@ def main() -> None:
     parser.add_argument("--out-root", default=OUT_ROOT, help="training outputs")
     parser.add_argument("--val", default=VAL, help="evaluation split")
     parser.add_argument(
+        "--reuse-from",
+        default=os.path.join(REPO_ROOT, "output", "composed_quick_ap"),
+        help="checkpoints of benchmarks/composed_quick_ap.py to reuse for the runs of the same "
+        "config and seed (SAME_AS_COMPOSED); '' trains every run here",
+    )
+    parser.add_argument(
         "--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE overrides for training"
     )
     args = parser.parse_args()
     OUT_ROOT, VAL = args.out_root, args.val
     if args.phase in ("all", "train"):
-        train(args.runs, args.seeds, args.opts, args.batch)
+        train(args.runs, args.seeds, args.opts, args.batch, args.reuse_from or None)
     if args.phase in ("all", "analyze"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
         for key, entry in analyze(args.runs, args.seeds).items():
@@ -465,10 +662,12 @@ def main() -> None:
         with open(args.results) as f:
             results = json.load(f)
         _report(results)
+        _report_training(results)
         plot = os.path.join(
             os.path.dirname(os.path.abspath(args.results)), "noisy_anchors_conf_vs_iou.png"
         )
         _plot(results, plot)
+        _plot_training(results, plot.replace("conf_vs_iou", "soft_targets"))
 
 
 if __name__ == "__main__":
