@@ -7,9 +7,11 @@ IoU-balanced sampling and the negative overlap sampler, on the proposals of a tr
 
 For each seed, the weights are the random-sampling quick model that ``overlap_sampler_quick_ap.py``
 trained with that seed (``output/overlap_sampler_quick_ap/random_s<seed>/model_final.pth``) and
-the samplers draw with that seed; every seed's run is stored under ``"runs"`` and the plot shows
-the mean share (bars) and the spread over seeds (error bars). The first version of this script
-stored one run (``"weights"``, ``"samplers"`` at the top level); ``--report`` plots either.
+the samplers draw with that seed (``--runs-dir`` / ``--run-name``: the same quick config trained
+by another benchmark, e.g. ``composed_quick_ap.py``'s ``baseline_faster``); every seed's run is
+stored under ``"runs"`` and the plot shows the mean share (bars) and the spread over seeds (error
+bars). The first version of this script stored one run (``"weights"``, ``"samplers"`` at the top
+level); ``--report`` plots either.
 On each of the first ``--images`` images of ``synth_shapes_train``, the model's RPN gives the
 training-time proposals (``RPN.*_TOPK_TRAIN``), the ground truth is appended, the examples are
 labelled with the ROI heads' matcher, and each sampler draws the negatives of one RoI batch
@@ -41,6 +43,7 @@ CONFIG = (
     "OverlapSampler/quick_schedules/faster_rcnn_R_18_FPN_quick_overlap_sampler_synth_shapes.yaml"
 )
 QUICK_AP_RUNS = os.path.join(REPO_ROOT, "output", "overlap_sampler_quick_ap")
+WEIGHTS = "model_final.pth"
 EDGES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0001]
 
 
@@ -172,6 +175,13 @@ def main() -> None:
     parser.add_argument(
         "--runs-dir", default=QUICK_AP_RUNS, help="overlap_sampler_quick_ap.py's training outputs"
     )
+    parser.add_argument(
+        "--run-name",
+        default="random",
+        help="the weights are <runs-dir>/<run-name>_s<seed>/model_final.pth: a Faster R-CNN "
+        "trained with random sampling (composed_quick_ap.py's: --runs-dir "
+        "output/composed_quick_ap --run-name baseline_faster)",
+    )
     parser.add_argument("--report", action="store_true", help="plot the results file only")
     args = parser.parse_args()
     path = os.path.join(args.results_dir, "overlap_sampler_fig4.json")
@@ -190,7 +200,10 @@ def main() -> None:
         todo = {"weights": (args.weights, 0)}
     else:
         todo = {
-            f"s{seed}": (os.path.join(args.runs_dir, f"random_s{seed}", "model_final.pth"), seed)
+            f"s{seed}": (
+                os.path.join(args.runs_dir, f"{args.run_name}_s{seed}", "model_final.pth"),
+                seed,
+            )
             for seed in args.seeds
         }
     runs = {
