@@ -12,9 +12,11 @@ the run they name (``weights_of``) instead of training again. Every run is store
 ``benchmarks/results/composed_quick_ap.json`` (``--results`` for another file) under
 ``runs/<run>/s<seed>``; checkpoints go to ``output/composed_quick_ap/<run>_s<seed>``.
 
-``report`` prints one table (mean ± std over seeds) and, for each combination, whether it
-measures at least as well (mean box AP) as the best of its single methods: the rule for
-shipping a combination as a config.
+``report`` prints one table (mean ± std over seeds, and each run's AP against its Detectron2
+baseline paired by seed) and, for each combination, its AP against the best of its single
+methods (by mean AP), paired by seed. A combination ships as a config when it measures at least
+as well: a gain, or no difference (the paired difference within its std over seeds); it does not
+ship when it is a loss beyond the seed spread.
 """
 
 from __future__ import annotations
@@ -131,6 +133,13 @@ COMBINES = {
     "combo3": ("overlap_sampler", "rank_nms", "hnms_soft_faster"),
     "combo5": ("noisy_anchors_rpn", "hash_rpn", "overlap_sampler", "rank_nms", "hnms_soft_faster"),
 }
+#: the Detectron2 model each run is compared with
+BASELINE_OF = {
+    run: "baseline_retinanet"
+    if run in ("baseline_retinanet", "noisy_anchors_retinanet", "hnms_soft_retinanet", "combo1")
+    else "baseline_faster"
+    for run in RUNS
+}
 METRICS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 
 
@@ -221,6 +230,26 @@ def _fmt(mean, std) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
 
 
+def _ap_by_seed(rows) -> dict[int, float]:
+    return {r["seed"]: r["bbox"]["AP"] for r in rows}
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
+    """Mean and std over the shared seeds of a - b, and how many seeds."""
+    diffs = [a[s] - b[s] for s in sorted(a) if s in b]
+    mean, std = _stats(diffs)
+    return mean, std, len(diffs)
+
+
+def verdict(diff_mean: float, diff_std: float) -> str:
+    """A paired difference is a gain or a loss only when it exceeds its spread over seeds."""
+    if math.isnan(diff_mean):
+        return "n/a"
+    if abs(diff_mean) <= diff_std:
+        return "no difference"
+    return "gain" if diff_mean > 0 else "loss"
+
+
 def cmd_report(args) -> None:
     if not os.path.exists(args.results):
         raise SystemExit(f"no results at {args.results}; run `train` first")
@@ -229,7 +258,7 @@ def cmd_report(args) -> None:
     by_run: dict[str, list] = {}
     for entry in runs.values():
         by_run.setdefault(entry["run"], []).append(entry)
-    header = ["run", "seeds", *[f"box {m}" for m in METRICS], "ms / image"]
+    header = ["run", "seeds", *[f"box {m}" for m in METRICS], "ms / image", "AP vs baseline"]
     print(f"Quick schedules on {VAL} (synthetic data), mean ± std over seeds\n")
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -237,27 +266,43 @@ def cmd_report(args) -> None:
         rows = by_run.get(run)
         if not rows:
             continue
-        cells = [RUNS[run][3], str(len(rows))]
+        cells = [RUNS[run][3], ",".join(str(r["seed"]) for r in sorted(rows, key=_seed))]
         cells += [_fmt(*_stats([r["bbox"].get(m, float("nan")) for r in rows])) for m in METRICS]
         cells.append(_fmt(*_stats([r["ms_per_image"] for r in rows])))
+        base = BASELINE_OF[run]
+        if run == base or base not in by_run:
+            cells.append("—")
+        else:
+            mean, std, _ = _paired(_ap_by_seed(rows), _ap_by_seed(by_run[base]))
+            cells.append(f"{mean:+.2f} ± {std:.2f} ({verdict(mean, std)})")
         print("| " + " | ".join(cells) + " |")
+    print(
+        "\nAP vs baseline: paired by seed (mean ± std of the differences); a gain or a loss only "
+        "when it exceeds the std"
+    )
     print()
     for combo, singles in COMBINES.items():
         if combo not in by_run:
             continue
-        ap = _stats([r["bbox"]["AP"] for r in by_run[combo]])[0]
-        measured = {
-            s: _stats([r["bbox"]["AP"] for r in by_run[s]])[0] for s in singles if s in by_run
-        }
+        ap = _ap_by_seed(by_run[combo])
+        measured = {s: _ap_by_seed(by_run[s]) for s in singles if s in by_run}
         if not measured:
-            print(f"{combo}: AP {ap:.2f}; none of its single methods measured yet")
+            print(f"{combo}: none of its single methods measured yet")
             continue
-        best = max(measured, key=measured.get)
-        verdict = "ships" if ap >= measured[best] else "does not ship"
+        best = max(measured, key=lambda s: statistics.mean(measured[s].values()))
+        mean, std, n = _paired(ap, measured[best])
+        # "at least as well as its best single method": not a loss beyond the seed spread
+        ships = verdict(mean, std) in ("gain", "no difference")
         print(
-            f"{combo}: AP {ap:.2f} vs best single method {best} {measured[best]:.2f}: {verdict}"
+            f"{combo}: AP {statistics.mean(ap.values()):.2f} vs best single method {best} "
+            f"{statistics.mean(measured[best].values()):.2f}: paired {mean:+.2f} ± {std:.2f} "
+            f"over {n} seeds, {verdict(mean, std)}: {'ships' if ships else 'does not ship'}"
             + ("" if len(measured) == len(singles) else " (not every single method measured)")
         )
+
+
+def _seed(entry) -> int:
+    return entry["seed"]
 
 
 def main(argv=None) -> None:
