@@ -472,7 +472,12 @@ def _report(results: dict) -> None:
         cells = [_fmt([r[m] for r in by_seed.values()]) for m in ("AP", "AP50", "AP75")]
         seeds = ",".join(map(str, by_seed))
         print(f"{name:36s} {seeds:>10s} " + " ".join(f"{c:>14s}" for c in cells))
-    for base, prefix in (("retinanet_baseline", "retinanet"), ("faster_rcnn_baseline", "faster")):
+    for base, prefix in (
+        ("retinanet_baseline", "retinanet"),
+        ("retinanet_noisy_anchors_topn_only", "retinanet_noisy"),  # what SL / SR add to top-N
+        ("retinanet_noisy_anchors", "retinanet_noisy"),
+        ("faster_rcnn_baseline", "faster"),
+    ):
         if base not in runs:
             continue
         print(f"\nAP minus {base}, same seed (mean ± std over seeds)")
@@ -624,7 +629,14 @@ def main() -> None:
         "phase", nargs="?", choices=["all", "train", "analyze", "report"], default="all"
     )
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[42])
+    parser.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=None,
+        help="seeds to train / analyze (default 42); with `report`, the seeds the tables cover "
+        "(default: every seed in the results file)",
+    )
     parser.add_argument(
         "--batch", type=int, default=None, help="IMS_PER_BATCH (BASE_LR scaled linearly)"
     )
@@ -646,21 +658,29 @@ def main() -> None:
     )
     args = parser.parse_args()
     OUT_ROOT, VAL = args.out_root, args.val
+    seeds = args.seeds or [42]
     if args.phase in ("all", "train"):
-        train(args.runs, args.seeds, args.opts, args.batch, args.reuse_from or None)
+        train(args.runs, seeds, args.opts, args.batch, args.reuse_from or None)
     if args.phase in ("all", "analyze"):
         torch.set_num_threads(max(1, torch.get_num_threads()))
-        for key, entry in analyze(args.runs, args.seeds).items():
+        for key, entry in analyze(args.runs, seeds).items():
             slim = {
                 k: ({kk: vv for kk, vv in v.items() if kk not in ("scores", "ious")})
                 if isinstance(v, dict)
                 else v
                 for k, v in entry.items()
             }
-            update_results_json(args.results, key, None, slim)
+            # one line, 4 decimals: the per-iteration training scalars make indented JSON large
+            update_results_json(args.results, key, None, slim, compact_digits=4)
     if os.path.isfile(args.results):
         with open(args.results) as f:
             results = json.load(f)
+        if args.seeds:
+            results = {
+                key: entry
+                for key, entry in results.items()
+                if key.rpartition("/s")[2] in {str(seed) for seed in args.seeds}
+            }
         _report(results)
         _report_training(results)
         plot = os.path.join(
