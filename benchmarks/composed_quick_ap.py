@@ -32,7 +32,7 @@ import time
 import torch
 from detectron2.engine import default_argument_parser
 
-from d2kit.benchmarking import CallTimer, update_results_json
+from d2kit.benchmarking import CallTimer, difference_verdict, update_results_json
 from d2kit.engine import Trainer, train_net
 from d2kit.projects import project_config_fns
 
@@ -243,11 +243,7 @@ def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int
 
 def verdict(diff_mean: float, diff_std: float) -> str:
     """A paired difference is a gain or a loss only when it exceeds its spread over seeds."""
-    if math.isnan(diff_mean):
-        return "n/a"
-    if abs(diff_mean) <= diff_std:
-        return "no difference"
-    return "gain" if diff_mean > 0 else "loss"
+    return "n/a" if math.isnan(diff_mean) else difference_verdict(diff_mean, diff_std)
 
 
 def cmd_report(args) -> None:

@@ -67,7 +67,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.engine import default_argument_parser
 
 import ref_nms
-from d2kit.benchmarking import update_results_json
+from d2kit.benchmarking import difference_verdict, update_results_json
 from d2kit.engine import train_net
 from ref_nms.evaluation import RefNMSEvaluator
 from ref_nms.expressions import TestImageMapper
@@ -878,8 +878,7 @@ def _verdict(a_vals, b_vals) -> str:
     if math.isnan(ma) or math.isnan(mb):
         return "–"
     d, spread = mb - ma, max(ra, rb)
-    word = "no difference" if abs(d) <= spread else ("gain" if d > 0 else "loss")
-    return f"{d:+.2f} (spread {spread:.2f}): {word}"
+    return f"{d:+.2f} (spread {spread:.2f}): {difference_verdict(d, spread)}"
 
 
 def _print_tables(table, markdown: bool) -> None:

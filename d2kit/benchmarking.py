@@ -73,3 +73,12 @@ def update_results_json(
             else:
                 json.dump(_rounded(table, compact_digits), f, sort_keys=True, separators=(",", ":"))
             f.write("\n")
+
+
+def difference_verdict(difference: float, spread: float) -> str:
+    """How the benchmarks name a difference between two runs over seeds: a gain or a loss only
+    when it exceeds the spread over seeds (std or range, the caller's choice), otherwise
+    "no difference"."""
+    if abs(difference) <= spread:
+        return "no difference"
+    return "gain" if difference > 0 else "loss"
