@@ -1,14 +1,16 @@
 """Training-iteration cost of OverlapSamplerROIHeads against StandardROIHeads, in one run.
 
     python benchmarks/overlap_sampler_cost.py [--iters 20] [--warmup 3] [--seeds 42 1 2]
+    python benchmarks/overlap_sampler_cost.py --report   # the tables of the results file
 
 Both models are built from the quick configs (R-18-FPN, synth_shapes, CPU) with the same seed and
 trained on the same pre-loaded batches, alternating one iteration each so that machine load hits
 both alike. Prints the median time of a full training iteration (forward, backward, SGD step) and
 of ``label_and_sample_proposals`` alone, and their ratios, for each seed (the models' initial
 weights and the sampling draws); writes ``benchmarks/results/overlap_sampler_cost.json`` with
-every seed's run under ``"runs"`` (``"s<seed>"``) and their mean ± std under ``"summary"``. (The
-first version of this script wrote one run's fields at the top level.)
+every seed's run under ``"runs"`` (``"s<seed>"``) and their mean ± std (the ratios and each
+model's iteration time) under ``"summary"``. (The first version of this script wrote one run's
+fields at the top level.)
 """
 
 import argparse
@@ -53,22 +55,45 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--results-dir", default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--report", action="store_true", help="no timing: print the results file's tables"
+    )
     args = parser.parse_args()
-
-    cfgs = {name: _cfg(path) for name, path in CONFIGS.items()}
-    loader = iter(build_detection_train_loader(cfgs["StandardROIHeads"]))
-    batches = [next(loader) for _ in range(args.warmup + args.iters)]
-    runs = {f"s{seed}": _measure(args, cfgs, batches, seed) for seed in args.seeds}
-    summary = {}
-    for field in ("ratio_iter", "ratio_sampling", "sampling_overhead_share_of_iter"):
-        values = [r[field] for r in runs.values()]
-        summary[field] = {
-            "mean": statistics.mean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        }
+    path = os.path.join(args.results_dir, "overlap_sampler_cost.json")
+    if args.report:
+        with open(path) as f:
+            runs = json.load(f)["runs"]
+    else:
+        cfgs = {name: _cfg(path) for name, path in CONFIGS.items()}
+        loader = iter(build_detection_train_loader(cfgs["StandardROIHeads"]))
+        batches = [next(loader) for _ in range(args.warmup + args.iters)]
+        runs = {f"s{seed}": _measure(args, cfgs, batches, seed) for seed in args.seeds}
+    summary = _summary(runs)  # with --report: recomputed from the stored runs
     os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "overlap_sampler_cost.json"), "w") as f:
+    with open(path, "w") as f:
         json.dump({"runs": runs, "summary": summary}, f, indent=2)
+    _print(runs, summary)
+
+
+def _mean_std(values) -> dict:
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
+
+
+def _summary(runs) -> dict:
+    """Mean ± std over the seeds' runs of the ratios and of each model's median iteration."""
+    summary = {
+        field: _mean_std([r[field] for r in runs.values()])
+        for field in ("ratio_iter", "ratio_sampling", "sampling_overhead_share_of_iter")
+    }
+    for name in CONFIGS:
+        summary[f"{name}_iter_s"] = _mean_std([r[name]["iter_s_median"] for r in runs.values()])
+    return summary
+
+
+def _print(runs, summary) -> None:
     for key, result in runs.items():
         print(f"\n{key}: {'ROI heads':26s} {'iteration (s)':>14s} {'label+sample (ms)':>18s}")
         for name in CONFIGS:
@@ -80,8 +105,17 @@ def main() -> None:
             "extra sampling time as a share of a standard iteration: "
             f"{100 * result['sampling_overhead_share_of_iter']:.2f}%"
         )
-    s = summary["ratio_iter"]
-    print(f"\niteration time ratio over {len(runs)} seed(s): {s['mean']:.3f} ± {s['std']:.3f}")
+    print(f"\nover {len(runs)} seed(s), mean ± std:")
+    for name in CONFIGS:
+        s = summary[f"{name}_iter_s"]
+        print(f"{name} iteration (s): {s['mean']:.3f} ± {s['std']:.3f}")
+    for field, scale, unit in (
+        ("ratio_iter", 1, ""),
+        ("ratio_sampling", 1, ""),
+        ("sampling_overhead_share_of_iter", 100, " %"),
+    ):
+        s = summary[field]
+        print(f"{field}: {scale * s['mean']:.3f} ± {scale * s['std']:.3f}{unit}")
 
 
 def _measure(args, cfgs, batches, seed) -> dict:
