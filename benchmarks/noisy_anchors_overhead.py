@@ -6,11 +6,12 @@ batches; their training iterations (forward, backward, SGD step) are interleaved
 which goes first, so machine load affects both alike. Prints the median iteration time, the
 time spent in anchor labelling + losses, and the overhead ratio, for each of ``--seeds`` (the
 models' initial weights); writes ``benchmarks/results/noisy_anchors_overhead.{png,json}``, the
-JSON with every seed's run under ``"<detector>/s<seed>"`` and the overhead's mean ± std over the
-seeds under ``"summary"``. (The first version of this script wrote one run, seed 0, under
-``"<detector>"``.) Run it with ``OMP_NUM_THREADS=1`` on a shared CPU.
+JSON with every seed's run (each timed iteration included) under ``"<detector>/s<seed>"`` and
+the overhead's mean ± std over the seeds under ``"summary"``. (The first version of this script
+wrote one run, seed 0, under ``"<detector>"``.) Run it with ``OMP_NUM_THREADS=1`` on a shared CPU.
 
     python benchmarks/noisy_anchors_overhead.py [--iters 20] [--warmup 3] [--seeds 0 1 2]
+    python benchmarks/noisy_anchors_overhead.py --report   # tables and plot from the results file
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def bench_pair(base_cfg_path, noisy_cfg_path, iters, warmup, seed=0):
         "ims_per_batch": base_cfg.SOLVER.IMS_PER_BATCH,
         "seed": seed,
         "iters": iters,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -109,15 +111,28 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--results-dir", default=RESULTS_DIR, help="where the JSON and plot go")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="no timing: print the tables and redraw the plot from the results file",
+    )
     args = parser.parse_args()
-    results = {
-        f"{name}/s{seed}": bench_pair(*paths, args.iters, args.warmup, seed)
-        for seed in args.seeds
-        for name, paths in PAIRS.items()
-    }
+    json_path = os.path.join(args.results_dir, "noisy_anchors_overhead.json")
+    if args.report:
+        with open(json_path) as f:
+            results = {k: v for k, v in json.load(f).items() if k != "summary"}
+        args.seeds = sorted({r["seed"] for r in results.values()})
+        args.iters = next(iter(results.values()))["iters"]
+    else:
+        results = {
+            f"{name}/s{seed}": bench_pair(*paths, args.iters, args.warmup, seed)
+            for seed in args.seeds
+            for name, paths in PAIRS.items()
+        }
 
     print(
-        f"\nTraining iteration on CPU ({torch.get_num_threads()} threads), quick configs, "
+        f"\nTraining iteration on CPU "
+        f"(threads: {next(iter(results.values())).get('threads', 'not recorded')}), quick configs, "
         f"{args.iters} timed iterations each, interleaved"
     )
     print(
@@ -136,33 +151,58 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5), squeeze=False)
-    for ax, (name, r) in zip(axes[0], results.items()):
-        for label, series in r["times"].items():
-            ax.plot(range(1, len(series) + 1), series, marker=".", label=label)
-        ax.set_title(f"{name}: overhead {100 * r['overhead']:+.1f}% (median)", fontsize=9)
+    # one panel per detector pair, every seed's trace in it (the file stays small)
+    fig, axes = plt.subplots(1, len(PAIRS), figsize=(4.6 * len(PAIRS), 3.2), squeeze=False)
+    for ax, pair in zip(axes[0], PAIRS):
+        runs = {n: r for n, r in results.items() if n.startswith(pair + "/s")}
+        for run_index, r in enumerate(runs.values()):
+            for color, (label, series) in zip(("C0", "C1"), r["times"].items()):
+                style = ("-", "--", ":")[run_index % 3]
+                ax.plot(
+                    range(1, len(series) + 1),
+                    series,
+                    style,
+                    color=color,
+                    lw=1,
+                    label=f"{label}, seed {r['seed']}",
+                )
+        overheads = [100 * r["overhead"] for r in runs.values()]
+        ax.set_title(
+            f"{pair}: overhead {statistics.mean(overheads):+.1f}% (mean of medians)", fontsize=9
+        )
         ax.set_xlabel("timed iteration")
         ax.set_ylabel("s / iteration")
-        ax.legend()
+        ax.legend(fontsize=6)
     fig.tight_layout()
     os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, "noisy_anchors_overhead.png")
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=80)
     print(f"\nplot: {path}")
-    out = {n: {k: v for k, v in r.items() if k != "times"} for n, r in results.items()}
+    # every timed iteration is kept (the plot's data), rounded to 0.1 ms
+    out = {
+        n: dict(r, times={k: [round(t, 4) for t in v] for k, v in r["times"].items()})
+        for n, r in results.items()
+    }
     out["summary"] = {}
+
+    def mean_std(values):
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
     for name in PAIRS:
-        overheads = [r["overhead"] for n, r in results.items() if n.startswith(name + "/s")]
-        out["summary"][name] = {
-            "overhead_mean": statistics.mean(overheads),
-            "overhead_std": statistics.stdev(overheads) if len(overheads) > 1 else 0.0,
-            "seeds": args.seeds,
-        }
+        runs = [r for n, r in results.items() if n.startswith(name + "/s")]
+        summary = {"seeds": args.seeds}
+        summary["overhead_mean"], summary["overhead_std"] = mean_std([r["overhead"] for r in runs])
+        for model in ("baseline", "noisy"):
+            iter_s = mean_std([r["median_iter_s"][model] for r in runs])
+            summary[f"{model}_iter_s_mean"], summary[f"{model}_iter_s_std"] = iter_s
+        out["summary"][name] = summary
         print(
-            f"{name}: overhead {100 * out['summary'][name]['overhead_mean']:+.1f}% ± "
-            f"{100 * out['summary'][name]['overhead_std']:.1f}% over {len(overheads)} seed(s)"
+            f"{name}: overhead {100 * summary['overhead_mean']:+.1f}% ± "
+            f"{100 * summary['overhead_std']:.1f}% over {len(runs)} seed(s); s/it baseline "
+            f"{summary['baseline_iter_s_mean']:.3f} ± {summary['baseline_iter_s_std']:.3f}, "
+            f"noisy {summary['noisy_iter_s_mean']:.3f} ± {summary['noisy_iter_s_std']:.3f}"
         )
-    with open(os.path.join(args.results_dir, "noisy_anchors_overhead.json"), "w") as f:
+    with open(json_path, "w") as f:
         json.dump(out, f, indent=2)
 
 
