@@ -7,6 +7,8 @@ the HNMS pre-filter, with the same seed, data and schedule (synthetic data, not 
     python benchmarks/hnms_e2e.py --only retina --retina-iters 3000 --retina-k 1 2 4 \
         --retina-alpha 0.73 0.5 0.4 0.3 --repeat 5 --threads 1 --reuse   # README's RetinaNet table
     python benchmarks/hnms_e2e.py --quick          # smoke run: 4 iterations, 8 images
+    python benchmarks/hnms_e2e.py --results hnms_zoo_times --only rcnn --seeds 1 --rpn-k 1 2 \
+        --threads 1 --no-plots                       # the model zoo's train and inference times
 
 Faster R-CNN: the baseline and the HashRPN model are trained one after the other (same seed and
 schedule), each evaluated with its own proposal generator; the baseline weights are also
@@ -15,11 +17,14 @@ with detectron2's post-processing and with the HNMS pre-filter (it only changes 
 with Soft-NMS alone and after the pre-filter (Appendix C.3; each compared with Soft-NMS alone).
 Reported: box AP / AP50 on synth_crowd_val and the time of the suppression stage per image
 (RPN: the NMS / HNMS call over all levels; RetinaNet: (HNMS +) NMS or Soft-NMS, and the whole
-post-processing), measured during evaluation (median of ``--repeat`` evaluations). Writes
-benchmarks/results/hnms_e2e.json (one row per model and seed; with several seeds the table
-ends with the mean and standard deviation of each model's AP difference to the baseline of the
-same seed), hnms_e2e.png (those differences) and hnms_e2e_retina.png (RetinaNet AP vs
-post-processing time for every pre-filter α, K); checkpoints go to
+post-processing), measured during evaluation (median of ``--repeat`` evaluations). Rows made
+since the model-zoo columns were added also carry the whole inference per image (the model's
+forward at batch 1) and, for weights trained with the row's config, the training time per
+iteration (median of the run's metrics.json). Writes benchmarks/results/hnms_e2e.json (or
+``--results`` NAME.json; one row per model and seed; with several seeds the table ends with the
+mean and standard deviation of each model's AP difference to the baseline of the same seed),
+hnms_e2e.png (those differences) and hnms_e2e_retina.png (RetinaNet AP vs post-processing time
+for every pre-filter α, K), the plots named after the results file; checkpoints go to
 output/hnms_e2e/<run>_s<seed>_it<iters>/.
 """
 
@@ -103,6 +108,19 @@ def train(cfg, args):
     return weights
 
 
+def train_s_per_iter(cfg):
+    """Median training-iteration time of the run in ``cfg.OUTPUT_DIR`` from its metrics.json
+    (detectron2 logs the median of the last 20 iterations every 20 iterations; the first log,
+    warm-up included, is left out); None without the file."""
+    path = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        times = [json.loads(line).get("time") for line in f if line.strip()]
+    times = [t for t in times if t is not None]
+    return statistics.median(times[1:] if len(times) > 1 else times) if times else None
+
+
 def evaluate(cfg, weights, stage, model_name):
     """AP of ``weights`` under ``cfg`` and the mean time per image of each timed stage."""
     from detectron2.checkpoint import DetectionCheckpointer
@@ -110,6 +128,8 @@ def evaluate(cfg, weights, stage, model_name):
     model = Trainer.build_model(cfg)
     DetectionCheckpointer(model).load(weights)
     model.eval()
+    forward = CallTimer(model.forward)  # the whole inference of one test image (batch 1)
+    model.forward = forward
     with torch.no_grad():
         timers = {}
         contexts = [patched(m, n) for m, n in stage]
@@ -141,11 +161,12 @@ def evaluate(cfg, weights, stage, model_name):
     if post is not None:
         row["postprocess_ms_per_image"] = post.mean_ms()
         row["images"] = num_images
+    row["inference_ms_per_image"] = forward.mean_ms()
     return row
 
 
 def results_path(args):
-    return os.path.join(RESULTS, f"hnms_e2e{'_quick' if args.quick else ''}.json")
+    return os.path.join(RESULTS, f"{args.results}{'_quick' if args.quick else ''}.json")
 
 
 def save(args, table):
@@ -167,10 +188,11 @@ def row_key(model_name, seed, iters):
     return f"{model_name} [seed {seed}, {iters} it]"
 
 
-def record(args, table, cfg, weights, stage, model_name):
+def record(args, table, cfg, weights, stage, model_name, trained_here=False):
     """Evaluate ``args.repeat`` times (the AP is the same every time); times are the median over
     the repeats (robust to a run disturbed by another process), with every repeat's value in
-    ``*_runs`` and their standard deviation in ``*_std`` fields."""
+    ``*_runs`` and their standard deviation in ``*_std`` fields. ``trained_here``: ``weights``
+    were trained with ``cfg`` (the row gets that training's ``train_s_per_iter``)."""
     key = row_key(model_name, cfg.SEED, cfg.SOLVER.MAX_ITER)
     if args.reuse and key in table:
         return
@@ -183,6 +205,8 @@ def record(args, table, cfg, weights, stage, model_name):
             row[field + "_std"] = statistics.stdev(values)
             row[field + "_runs"] = values
     row["repeats"] = len(runs)
+    if trained_here:
+        row["train_s_per_iter"] = train_s_per_iter(cfg)
     table[key] = row
     save(args, table)
 
@@ -205,7 +229,7 @@ def run_rcnn(args, table, seed):
     hash_nms = [(hnms.rpn, "batched_hnms")]
     base_cfg = build_cfg(RCNN_BASE, "rcnn_baseline", args, seed, args.iters)
     base_w = train(base_cfg, args)
-    record(args, table, base_cfg, base_w, rpn_nms, RCNN_BASELINE)
+    record(args, table, base_cfg, base_w, rpn_nms, RCNN_BASELINE, trained_here=True)
     swap_cfg = build_cfg(RCNN_HASH, "rcnn_baseline", args, seed, args.iters)
     record(
         args,
@@ -223,14 +247,15 @@ def run_rcnn(args, table, seed):
         hash_cfg = build_cfg(RCNN_HASH, run, args, seed, args.iters, *opts)
         hash_w = train(hash_cfg, args)
         name = f"Faster R-CNN, HashRPN α=0.7 K={k} (trained with it)"
-        record(args, table, hash_cfg, hash_w, hash_nms, name)
+        record(args, table, hash_cfg, hash_w, hash_nms, name, trained_here=True)
 
 
 def run_retina(args, table, seed):
     iters = args.retina_iters or args.iters
     base_cfg = build_cfg(RETINA_BASE, "retina_baseline", args, seed, iters)
     w = train(base_cfg, args)
-    record(args, table, base_cfg, w, [(d2_retinanet, "batched_nms")], RETINA_BASELINE)
+    stage = [(d2_retinanet, "batched_nms")]
+    record(args, table, base_cfg, w, stage, RETINA_BASELINE, trained_here=True)
     prefilters = [(a, k) for a in args.retina_alpha for k in args.retina_k]
     for a, k in prefilters:
         opts = ("MODEL.HNMS.PREFILTER.NUM_HASHES", str(k), "MODEL.HNMS.PREFILTER.ALPHA", str(a))
@@ -384,6 +409,14 @@ def main():
     )
     parser.add_argument("--test-set", default="synth_crowd_val")
     parser.add_argument(
+        "--results",
+        default="hnms_e2e",
+        help="results file name in benchmarks/results (without .json; the plots take its name)",
+    )
+    parser.add_argument(
+        "--no-plots", dest="plots", action="store_false", help="tables only, no plot files"
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="reuse existing model_final.pth files and the rows of the existing results file",
@@ -410,7 +443,7 @@ def main():
     if args.report:
         with open(results_path(args)) as f:
             table = json.load(f)["table"]
-        report(table, results_path(args))
+        report(table, results_path(args), args.plots)
         return
     if args.quick:
         args.iters, args.retina_iters, args.test_set = 4, 4, "synth_crowd_val_mini"
@@ -427,24 +460,35 @@ def main():
         if "retina" in args.only:
             run_retina(args, table, seed)
     table = save(args, table)
-    report(table, results_path(args))
+    report(table, results_path(args), args.plots)
 
 
-def report(table, path):
+def report(table, path, plots=True):
     """The plots next to the results file ``path`` and the tables, from the rows in ``table``."""
-    plot(table, path[: -len(".json")] + ".png")
-    plot_retina_tradeoff(table, path[: -len(".json")] + "_retina.png")
-    print("\n| model | AP | AP50 | suppression ms/image | post-processing ms/image |")
-    print("|---|---|---|---|---|")
+    if plots:
+        plot(table, path[: -len(".json")] + ".png")
+        plot_retina_tradeoff(table, path[: -len(".json")] + "_retina.png")
+    print(
+        "\n| model | AP | AP50 | suppression ms/image | post-processing ms/image "
+        "| inference ms/image | train s/iter |"
+    )
+    print("|---|---|---|---|---|---|---|")
 
     def ms(row, field):
+        if field not in row:  # e.g. no RetinaNet post-processing in a Faster R-CNN row
+            return "–"
         std = row.get(field + "_std")
         return f"{row.get(field, float('nan')):.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
     for name, row in table.items():
         stage = next(k for k in row if k.endswith("_ms_per_call"))
-        post = ms(row, "postprocess_ms_per_image")
-        print(f"| {name} | {row['AP']:.2f} | {row['AP50']:.2f} | {ms(row, stage)} | {post} |")
+        post, whole = ms(row, "postprocess_ms_per_image"), ms(row, "inference_ms_per_image")
+        train_s = row.get("train_s_per_iter")
+        train_s = "–" if train_s is None else f"{train_s:.3f}"
+        print(
+            f"| {name} | {row['AP']:.2f} | {row['AP50']:.2f} | {ms(row, stage)} | {post} "
+            f"| {whole} | {train_s} |"
+        )
     print("\n| model | iters | seeds | AP mean ± std | AP - baseline (same seed), mean ± std |")
     print("|---|---|---|---|---|")
     for r in summarize(table):
