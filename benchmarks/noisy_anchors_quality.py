@@ -107,6 +107,12 @@ RUNS = {
         "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
         ["MODEL.NOISY_ANCHORS.SOFT_LABELS", "False", "MODEL.NOISY_ANCHORS.REWEIGHTING", "False"],
     ),
+    # the baseline with the released focal alpha: the like-for-like baseline of the released
+    # formulation (the authors' released_baseline configs)
+    "retinanet_baseline_focal_alpha_0.5": (
+        "configs/quick_schedules/retinanet_R_18_FPN_quick_synth_shapes.yaml",
+        ["MODEL.RETINANET.FOCAL_LOSS_ALPHA", "0.5"],
+    ),
     # the paper formulation with the released focal alpha (0.5 instead of Detectron2's 0.25)
     "retinanet_noisy_anchors_focal_alpha_0.5": (
         "configs/NoisyAnchors/quick_schedules/noisy_anchors_retinanet_R_18_FPN_quick_synth_shapes.yaml",
@@ -472,17 +478,27 @@ def _report(results: dict) -> None:
         cells = [_fmt([r[m] for r in by_seed.values()]) for m in ("AP", "AP50", "AP75")]
         seeds = ",".join(map(str, by_seed))
         print(f"{name:36s} {seeds:>10s} " + " ".join(f"{c:>14s}" for c in cells))
-    for base, prefix in (
+    # (baseline run, compared runs: a name prefix, or a tuple of run names)
+    for base, compared in (
         ("retinanet_baseline", "retinanet"),
         ("retinanet_noisy_anchors_topn_only", "retinanet_noisy"),  # what SL / SR add to top-N
         ("retinanet_noisy_anchors", "retinanet_noisy"),
+        # the runs at focal α 0.5 against the baseline at the same α
+        (
+            "retinanet_baseline_focal_alpha_0.5",
+            ("retinanet_noisy_anchors_released", "retinanet_noisy_anchors_focal_alpha_0.5"),
+        ),
+        # the released formulation against the paper's at the same focal α: the variant alone
+        ("retinanet_noisy_anchors_focal_alpha_0.5", ("retinanet_noisy_anchors_released",)),
         ("faster_rcnn_baseline", "faster"),
     ):
         if base not in runs:
             continue
         print(f"\nAP minus {base}, same seed (mean ± std over seeds)")
         for name, by_seed in runs.items():
-            if name == base or not name.startswith(prefix):
+            if name == base or not (
+                name.startswith(compared) if isinstance(compared, str) else name in compared
+            ):
                 continue
             diffs = [r["AP"] - runs[base][s]["AP"] for s, r in by_seed.items() if s in runs[base]]
             print(f"{name:36s} {_fmt(diffs):>14s}  (seeds: {len(diffs)})")
