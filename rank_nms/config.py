@@ -38,7 +38,8 @@ def add_rank_nms_config(cfg: CN) -> None:
     # "skip" (a variant of related code).
     _C.MODEL.RANK_NMS.SHORT_LEVELS = "take_all"
     # Which sampled RoIs train the ranking: "sampled" (all of them, background in S_0) or
-    # "foreground" (only IoU >= the foreground threshold: the paper's "positive bbox").
+    # "foreground" (only IoU >= the foreground threshold: the paper's "positive bbox"; on the
+    # synthetic quick schedule it kills the box head, see the README's training ablations).
     _C.MODEL.RANK_NMS.TRAIN_ON = "sampled"
     # Pairs within "image" (Algorithm 1 over an image's boxes) or within "gt" (boxes matched to
     # the same ground truth). Pairs never cross images.
