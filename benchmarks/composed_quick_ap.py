@@ -32,7 +32,7 @@ import time
 import torch
 from detectron2.engine import default_argument_parser
 
-from d2kit.benchmarking import CallTimer, difference_verdict, update_results_json
+from d2kit.benchmarking import CallTimer, difference_verdict, mean_std, update_results_json
 from d2kit.engine import Trainer, train_net
 from d2kit.projects import project_config_fns
 
@@ -220,10 +220,7 @@ def cmd_train(args) -> None:
 
 
 def _stats(values):
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean_std(v for v in values if not math.isnan(v))
 
 
 def _fmt(mean, std) -> str:

@@ -42,7 +42,7 @@ from detectron2.modeling.proposal_generator import proposal_utils
 import hnms
 import hnms.retinanet
 import hnms.rpn
-from d2kit.benchmarking import CallTimer
+from d2kit.benchmarking import CallTimer, training_log
 from d2kit.engine import Trainer
 from d2kit.paths import resolve_config_file
 
@@ -112,12 +112,7 @@ def train_s_per_iter(cfg):
     """Median training-iteration time of the run in ``cfg.OUTPUT_DIR`` from its metrics.json
     (detectron2 logs the median of the last 20 iterations every 20 iterations; the first log,
     warm-up included, is left out); None without the file."""
-    path = os.path.join(cfg.OUTPUT_DIR, "metrics.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        times = [json.loads(line).get("time") for line in f if line.strip()]
-    times = [t for t in times if t is not None]
+    times = [r["time"] for r in training_log(cfg.OUTPUT_DIR) if "time" in r]
     return statistics.median(times[1:] if len(times) > 1 else times) if times else None
 
 

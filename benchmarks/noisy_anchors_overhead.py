@@ -30,7 +30,7 @@ from detectron2.utils.events import EventStorage
 
 import d2kit  # noqa: F401  (registers the synthetic datasets)
 import noisy_anchors
-from d2kit.benchmarking import CallTimer
+from d2kit.benchmarking import CallTimer, mean_std
 from d2kit.paths import REPO_ROOT
 
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -184,10 +184,6 @@ def main() -> None:
         for n, r in results.items()
     }
     out["summary"] = {}
-
-    def mean_std(values):
-        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
     for name in PAIRS:
         runs = [r for n, r in results.items() if n.startswith(name + "/s")]
         summary = {"seeds": args.seeds}

@@ -67,7 +67,7 @@ from detectron2.structures import Boxes, pairwise_iou
 
 import d2kit  # noqa: F401  (registers the synthetic datasets)
 import noisy_anchors
-from d2kit.benchmarking import update_results_json
+from d2kit.benchmarking import training_log, update_results_json
 from d2kit.config import add_d2kit_config
 from d2kit.evaluation import recall_at_ious
 from d2kit.paths import REPO_ROOT
@@ -411,18 +411,13 @@ def evaluate_run(model, loader, evaluator, gts, limits=(100, 300, 1000)) -> dict
 def training_scalars(run_dir: str) -> dict:
     """``{name: [[iteration, value], ...]}`` of the ``TRAIN_SCALARS`` logged during training
     (``<run_dir>/metrics.json``, one line per logging period); empty if the file is missing."""
-    path = os.path.join(run_dir, "metrics.json")
     series: dict[str, list] = {}
-    if not os.path.isfile(path):
-        return series
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if "iteration" not in record:
-                continue
-            for key, value in record.items():
-                if key.startswith(TRAIN_SCALARS) and isinstance(value, (int, float)):
-                    series.setdefault(key, []).append([record["iteration"], float(value)])
+    for record in training_log(run_dir):
+        if "iteration" not in record:
+            continue
+        for key, value in record.items():
+            if key.startswith(TRAIN_SCALARS) and isinstance(value, (int, float)):
+                series.setdefault(key, []).append([record["iteration"], float(value)])
     return series
 
 

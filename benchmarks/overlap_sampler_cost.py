@@ -28,7 +28,7 @@ from detectron2.utils.events import EventStorage
 
 import d2kit  # noqa: F401  (registers the datasets)
 import overlap_sampler
-from d2kit.benchmarking import CallTimer
+from d2kit.benchmarking import CallTimer, mean_std
 from d2kit.paths import resolve_config_file
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -59,9 +59,9 @@ def main() -> None:
         "--report", action="store_true", help="no timing: print the results file's tables"
     )
     args = parser.parse_args()
-    path = os.path.join(args.results_dir, "overlap_sampler_cost.json")
+    json_path = os.path.join(args.results_dir, "overlap_sampler_cost.json")
     if args.report:
-        with open(path) as f:
+        with open(json_path) as f:
             runs = json.load(f)["runs"]
     else:
         cfgs = {name: _cfg(path) for name, path in CONFIGS.items()}
@@ -70,27 +70,20 @@ def main() -> None:
         runs = {f"s{seed}": _measure(args, cfgs, batches, seed) for seed in args.seeds}
     summary = _summary(runs)  # with --report: recomputed from the stored runs
     os.makedirs(args.results_dir, exist_ok=True)
-    with open(path, "w") as f:
+    with open(json_path, "w") as f:
         json.dump({"runs": runs, "summary": summary}, f, indent=2)
     _print(runs, summary)
 
 
-def _mean_std(values) -> dict:
-    return {
-        "mean": statistics.mean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
-
-
 def _summary(runs) -> dict:
     """Mean ± std over the seeds' runs of the ratios and of each model's median iteration."""
-    summary = {
-        field: _mean_std([r[field] for r in runs.values()])
+    columns = {
+        field: [r[field] for r in runs.values()]
         for field in ("ratio_iter", "ratio_sampling", "sampling_overhead_share_of_iter")
     }
     for name in CONFIGS:
-        summary[f"{name}_iter_s"] = _mean_std([r[name]["iter_s_median"] for r in runs.values()])
-    return summary
+        columns[f"{name}_iter_s"] = [r[name]["iter_s_median"] for r in runs.values()]
+    return {field: dict(zip(("mean", "std"), mean_std(v))) for field, v in columns.items()}
 
 
 def _print(runs, summary) -> None:

@@ -35,6 +35,7 @@ from detectron2.structures import pairwise_iou
 
 import d2kit  # noqa: F401  (registers the datasets)
 import overlap_sampler
+from d2kit.benchmarking import mean_std
 from d2kit.paths import REPO_ROOT, resolve_config_file
 from overlap_sampler import overlaps_among_examples, sample_iou_balanced, sample_negatives
 
@@ -132,8 +133,9 @@ def report(data: dict, path: str) -> None:
     mean, std = {}, {}
     for name in names:
         shares = [r["samplers"][name]["share_per_interval"] for r in runs]
-        mean[name] = [statistics.mean(col) for col in zip(*shares)]
-        std[name] = [statistics.stdev(col) if len(col) > 1 else 0.0 for col in zip(*shares)]
+        per_interval = [mean_std(col) for col in zip(*shares)]
+        mean[name] = [m for m, _ in per_interval]
+        std[name] = [s for _, s in per_interval]
     seeds = ", ".join(str(r.get("seed", "?")) for r in runs)
     print(f"\nshare of sampled negatives per IoU^pn interval (runs: {len(runs)}, seeds {seeds})")
     print(f"{'sampler':30s} " + " ".join(f"{x:>9s}" for x in labels) + f" {'mean':>6s}")

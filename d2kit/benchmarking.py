@@ -6,7 +6,13 @@ import os
 import statistics
 import time
 
-__all__ = ["CallTimer", "update_results_json"]
+__all__ = [
+    "CallTimer",
+    "difference_verdict",
+    "mean_std",
+    "training_log",
+    "update_results_json",
+]
 
 
 class CallTimer:
@@ -34,6 +40,25 @@ class CallTimer:
         unless there are no more; NaN without calls."""
         times = self.times[skip:] if len(self.times) > skip else self.times
         return 1e3 * statistics.mean(times) if times else float("nan")
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``values`` over seeds or repeats (std 0 for a
+    single value; NaN, NaN for none)."""
+    values = list(values)
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def training_log(run_dir: str) -> list[dict]:
+    """The records detectron2's JSONWriter wrote to ``<run_dir>/metrics.json`` during training
+    (one per logging period; evaluation results are records too); empty if the file is missing."""
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def _rounded(obj, digits: int):
