@@ -8,11 +8,18 @@ import time
 
 __all__ = [
     "CallTimer",
+    "converged_scale",
     "difference_verdict",
+    "learning_curve",
     "mean_std",
+    "scaled_schedule_opts",
     "training_log",
     "update_results_json",
 ]
+
+#: where a scaled schedule puts its two LR steps, as fractions of the run (the quick configs'
+#: STEPS (320, 380) of 400 iterations)
+STEP_FRACTIONS = (0.8, 0.95)
 
 
 class CallTimer:
@@ -107,3 +114,59 @@ def difference_verdict(difference: float, spread: float) -> str:
     if abs(difference) <= spread:
         return "no difference"
     return "gain" if difference > 0 else "loss"
+
+
+def scaled_schedule_opts(base_iters: int, scale: int) -> list[str]:
+    """Config overrides for ``scale`` times a schedule of ``base_iters`` iterations:
+    ``SOLVER.MAX_ITER`` scaled, the LR steps at the same fractions of the run
+    (:data:`STEP_FRACTIONS`), the warm-up unchanged.
+
+    >>> scaled_schedule_opts(400, 4)
+    ['SOLVER.MAX_ITER', '1600', 'SOLVER.STEPS', '(1280, 1520)']
+    """
+    if base_iters < 1 or scale < 1:
+        raise ValueError(f"base_iters and scale must be >= 1, got {base_iters} and {scale}")
+    max_iter = base_iters * scale
+    steps = tuple(int(round(f * max_iter)) for f in STEP_FRACTIONS)
+    return ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", str(steps)]
+
+
+def converged_scale(ap_by_scale: dict[int, list[float]]) -> tuple[int | None, list[dict]]:
+    """The convergence protocol, on a baseline's AP per schedule scale (one value per seed).
+
+    The converged schedule is the shortest scale ``k`` for which ``2k`` was also measured (each
+    with at least 2 seeds) and doubling moved the mean AP by less than the seed std (the larger
+    std of the two scales). Returns that scale (None if no measured doubling qualifies) and one
+    row per measured doubling: ``{"scale", "doubled", "delta", "std", "converged"}``.
+    """
+    rows = []
+    found = None
+    for k in sorted(ap_by_scale):
+        if 2 * k not in ap_by_scale or min(len(ap_by_scale[k]), len(ap_by_scale[2 * k])) < 2:
+            continue
+        mean_k, std_k = mean_std(ap_by_scale[k])
+        mean_2k, std_2k = mean_std(ap_by_scale[2 * k])
+        std = max(std_k, std_2k)
+        delta = mean_2k - mean_k
+        converged = abs(delta) < std
+        rows.append(
+            {"scale": k, "doubled": 2 * k, "delta": delta, "std": std, "converged": converged}
+        )
+        if converged and found is None:
+            found = k
+    return found, rows
+
+
+def learning_curve(run_dir: str, max_iter: int, metric: str = "bbox/AP") -> list[list[float]]:
+    """``[[iterations trained, value], ...]`` of the evaluations during training, read from
+    ``<run_dir>/metrics.json`` (``TEST.EVAL_PERIOD``); when a resumed run evaluated an iteration
+    again, the later record wins.
+
+    Detectron2 stores a periodic evaluation after iteration ``i`` (0-based) at ``i``, and the
+    final one, after the loop, at ``max_iter``: both become the number of iterations trained.
+    """
+    curve = {}
+    for record in training_log(run_dir):
+        if metric in record:
+            curve[min(int(record["iteration"]) + 1, max_iter)] = float(record[metric])
+    return [[it, value] for it, value in sorted(curve.items())]
