@@ -1,6 +1,19 @@
 """Datasets: deterministic synthetic generators, loaders for real crowded-scene and RefCOCO data."""
 
 from .builtin import MINI_SUBSET_SIZE, register_referring_datasets, register_synthetic_datasets
+from .neon import (
+    NEON_TREES_CLASSES,
+    NEON_TREES_FILES,
+    ensure_neon_trees,
+    fetch_neon_trees,
+    load_neon_trees,
+    neon_trees_layout,
+    parse_voc_xml,
+    register_neon_trees,
+    tile_boxes,
+    tile_grid,
+)
+from .overhead_aug import build_overhead_augmentation
 from .real import (
     load_carpk,
     load_crowdhuman_odgt,

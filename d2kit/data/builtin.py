@@ -22,7 +22,8 @@ Referring-expression datasets (RefCOCO layout, read by :func:`d2kit.data.load_re
 =========================  ===================================================================
 
 Files are generated on first use (see :mod:`d2kit.data.synthetic` and
-:mod:`d2kit.data.referring`).
+:mod:`d2kit.data.referring`). The real NEON tree-crown splits ``neon_trees_{train,val,test}`` are
+registered here too; they are fetched and tiled on first load (see :mod:`d2kit.data.neon`).
 """
 
 import os
@@ -31,6 +32,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..paths import datasets_root
+from .neon import register_neon_trees
 from .refcoco import load_refcoco, refcoco_metadata
 from .referring import (
     REFERRING_CLASSES,
@@ -84,7 +86,8 @@ def register_referring_datasets() -> None:
 
 
 def register_synthetic_datasets() -> None:
-    """Register every synthetic split, the referring ones included (idempotent)."""
+    """Register every synthetic split, the referring ones included, and the NEON tree crowns
+    (idempotent)."""
     for base in SYNTH_SPECS:
         names = {base: None}
         if base.endswith("_val"):
@@ -93,3 +96,5 @@ def register_synthetic_datasets() -> None:
             if name not in DatasetCatalog.list():
                 _register(name, base, subset)
     register_referring_datasets()
+    if "neon_trees_train" not in DatasetCatalog.list():
+        register_neon_trees()  # real NEON tree crowns, fetched on first load (see d2kit.data.neon)

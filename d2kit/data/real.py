@@ -17,10 +17,11 @@ CARPK         ``Annotations/<id>.txt``, ``Images/<id>.png``,            ``carpk_
 Missing, empty or malformed files raise an error that names the file (and line) and the expected
 format; so does a missing image (naming the annotation file and the line that refers to it).
 Image sizes come from the image headers (no decoding, EXIF orientation applied as Detectron2's
-mapper does); for SKU-110K, whose csv states the sizes, each image's stated size is checked
-against its header (``check_image_sizes``, on by default: about 0.1 ms per image, see the
-README's Datasets section) and every box must lie inside the stated size up to
-``box_tolerance`` pixels.
+mapper does). SKU-110K's csv also states the sizes, not always rightly (427 px wide for the
+426 px ``test2.jpg`` of the official test split): the header wins, an :class:`ImageSizeWarning`
+names the csv line, and every box must lie inside the real image up to ``box_tolerance`` pixels
+(``check_image_sizes=False`` skips the header read, about 0.1 ms per image, see the README's
+Datasets section, and trusts the stated sizes).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from PIL import Image
 
 __all__ = [
+    "ImageSizeWarning",
     "load_crowdhuman_odgt",
     "load_sku110k_csv",
     "load_carpk",
@@ -90,6 +93,12 @@ def load_crowdhuman_odgt(odgt_file: str, image_root: str) -> list[dict]:
     Boxes tagged ``mask`` (crowd / reflection regions) and persons with ``extra.ignore == 1``
     become ``iscrowd=1`` instances: removed from training by Detectron2's mapper and treated as
     ignore regions by COCO evaluation.
+
+    Raises:
+        FileNotFoundError: a missing ``.odgt``, or a missing ``<image_root>/<ID>.jpg`` (naming
+            ``odgt_file:line`` of the record that needs it).
+        ValueError: an empty file, a malformed record or an unreadable image (naming
+            ``odgt_file:line``).
     """
     _require_file(odgt_file, "CrowdHuman annotation file (.odgt)")
     dicts = []
@@ -127,31 +136,48 @@ def load_crowdhuman_odgt(odgt_file: str, image_root: str) -> list[dict]:
     return dicts
 
 
+class ImageSizeWarning(UserWarning):
+    """An annotation file states an image size that is not the image's (the image's is used)."""
+
+
 def load_sku110k_csv(
     csv_file: str,
     image_root: str,
     check_image_sizes: bool = True,
     box_tolerance: float = 1.0,
 ) -> list[dict]:
-    """SKU-110K annotations: one class ("object"), image sizes from the csv.
+    """SKU-110K annotations: one class ("object"), image sizes from the image headers.
+
+    The csv states each image's size, and is sometimes wrong by a pixel: the official
+    ``annotations_test.csv`` says 427x367 for ``test2.jpg``, whose JPEG header (and pixels) are
+    426x367. The image is the truth: its header's size is used and an
+    :class:`ImageSizeWarning` names the csv line (once per image); only a box that lies
+    outside the real image by more than ``box_tolerance`` is an error.
 
     Args:
         csv_file: ``annotations_<split>.csv`` (rows of :data:`SKU110K_FORMAT`, no header).
         image_root: the directory of the images.
-        check_image_sizes: compare each image's stated size with its header (EXIF orientation
-            applied, no decoding; ~0.1 ms per image). Off: only check that the image exists.
-        box_tolerance: a box may overhang the stated image by at most this many pixels
-            (rounding); a box further out means a wrong size or a truncated row.
+        check_image_sizes: read each image's size from its header (EXIF orientation applied, no
+            decoding; ~0.1 ms per image). Off: trust the csv's sizes and only check that each
+            image exists.
+        box_tolerance: a box may overhang the image by at most this many pixels (rounding); a
+            box further out means a wrong size or a truncated row.
 
     Raises:
         FileNotFoundError: a missing csv, or a missing image (naming ``csv_file:line``).
-        ValueError: an empty csv; a malformed row, a box outside the stated size or two
-            different sizes for one image (naming ``csv_file:line``); a stated size that is not
-            the image's (naming the image's first line).
+        ValueError: an empty csv; a malformed row, a box outside the image (by its header, or
+            by the stated size when ``check_image_sizes`` is off) or two different stated sizes
+            for one image (naming ``csv_file:line``).
+
+    Warns:
+        ImageSizeWarning: a stated size that is not the image's (naming the image's first line).
     """
     _require_file(csv_file, "SKU-110K annotation file (.csv)")
     by_image: dict[str, dict] = {}
     first_line: dict[str, int] = {}
+    # per image, the box reaching furthest out on each side: (coordinate, line, box), enough to
+    # check every box once the real size is known without keeping them all (SKU-110K: 1.7M)
+    extremes: dict[str, dict[str, tuple[float, int, tuple]]] = {}
     with open(csv_file, newline="") as f:
         for line_no, row in enumerate(csv.reader(f), 1):
             if not row or not any(v.strip() for v in row):
@@ -179,20 +205,18 @@ def load_sku110k_csv(
                     annotations=[],
                 )
                 first_line[name] = line_no
+                extremes[name] = {}
             elif (record["width"], record["height"]) != (width, height):
                 raise ValueError(
                     f"{where}: {name} is stated as {width}x{height} here but "
                     f"{record['width']}x{record['height']} at line {first_line[name]} (width x "
                     "height); a truncated or edited row?"
                 )
-            t = box_tolerance
-            if not (-t <= x1 and -t <= y1 and x2 <= width + t and y2 <= height + t):
-                raise ValueError(
-                    f"{where}: box (x1, y1, x2, y2) = ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies "
-                    f"outside the stated image size {width}x{height} (width x height) by more "
-                    f"than {t:g} px: a wrong image size or a truncated row; expected "
-                    f"{SKU110K_FORMAT}"
-                )
+            box = (x1, y1, x2, y2)
+            ext = extremes[name]
+            for side, value in (("x1", -x1), ("y1", -y1), ("x2", x2), ("y2", y2)):
+                if side not in ext or value > ext[side][0]:
+                    ext[side] = (value, line_no, box)
             if x2 > x1 and y2 > y1:
                 record["annotations"].append(
                     dict(bbox=[x1, y1, x2, y2], bbox_mode=BoxMode.XYXY_ABS, category_id=0)
@@ -200,16 +224,34 @@ def load_sku110k_csv(
     _require_records(len(by_image), csv_file, "rows", SKU110K_FORMAT)
     for name, record in by_image.items():
         where = f"{csv_file}:{first_line[name]}"
-        if not check_image_sizes:
-            if not os.path.isfile(record["file_name"]):
-                raise FileNotFoundError(f"{where}: image not found: {record['file_name']}")
-            continue
-        height, width = _image_size(record["file_name"], where)
-        if (height, width) != (record["height"], record["width"]):
+        stated = (record["width"], record["height"])
+        size_text = f"the stated image size {stated[0]}x{stated[1]}"
+        if check_image_sizes:
+            height, width = _image_size(record["file_name"], where)
+            if (width, height) != stated:
+                warnings.warn(
+                    f"{where}: the csv states {stated[0]}x{stated[1]} for "
+                    f"{record['file_name']}, whose header says {width}x{height} (width x height, "
+                    "EXIF orientation applied); using the header's size",
+                    ImageSizeWarning,
+                    stacklevel=2,
+                )
+                record["height"], record["width"] = height, width
+                size_text = (
+                    f"the image size {width}x{height} (its header; the csv states "
+                    f"{stated[0]}x{stated[1]})"
+                )
+        elif not os.path.isfile(record["file_name"]):
+            raise FileNotFoundError(f"{where}: image not found: {record['file_name']}")
+        t = box_tolerance
+        limits = {"x1": t, "y1": t, "x2": record["width"] + t, "y2": record["height"] + t}
+        outside = [e for side, e in extremes[name].items() if e[0] > limits[side]]
+        if outside:
+            _, line_no, (x1, y1, x2, y2) = min(outside, key=lambda e: e[1])
             raise ValueError(
-                f"{where}: the csv states {record['width']}x{record['height']} for "
-                f"{record['file_name']}, whose header says {width}x{height} (width x height, "
-                "EXIF orientation applied)"
+                f"{csv_file}:{line_no}: box (x1, y1, x2, y2) = ({x1:g}, {y1:g}, {x2:g}, "
+                f"{y2:g}) lies outside {size_text} (width x height) by more than {t:g} px: a "
+                f"wrong image size or a truncated row; expected {SKU110K_FORMAT}"
             )
     return list(by_image.values())
 

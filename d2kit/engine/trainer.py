@@ -8,12 +8,14 @@ import weakref
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..composed import check_composition_is_used
+from ..data.overhead_aug import build_overhead_augmentation
 from ..evaluation import DEFAULT_AP_IOUS, COCOEvaluatorAtIoUs
 
 __all__ = ["Trainer", "ddp_device_ids"]
@@ -30,8 +32,8 @@ def ddp_device_ids(model: torch.nn.Module) -> list[int] | None:
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` with COCO evaluation (plus AP at ``TEST.AP_AT_IOUS``) on every test set
-    and CPU-safe DDP.
+    """``DefaultTrainer`` with COCO evaluation (plus AP at ``TEST.AP_AT_IOUS``) on every test set,
+    CPU-safe DDP and the overhead-imagery augmentation (``INPUT.OVERHEAD_AUG``).
 
     Everything else (periodic checkpoints every ``SOLVER.CHECKPOINT_PERIOD``, ``resume_or_load``,
     evaluation every ``TEST.EVAL_PERIOD`` and after training, metric writers) is detectron2's.
@@ -73,8 +75,22 @@ class Trainer(DefaultTrainer):
         return super().build_model(cfg)
 
     @classmethod
+    def build_train_loader(cls, cfg):
+        """Detectron2's train loader; with ``INPUT.OVERHEAD_AUG.ENABLED`` its ``DatasetMapper``
+        gets the overhead-imagery augmentations appended after the resize and flip."""
+        extra = build_overhead_augmentation(cfg)
+        if not extra:
+            return super().build_train_loader(cfg)
+        kwargs = DatasetMapper.from_config(cfg, is_train=True)
+        kwargs["augmentations"] = [*kwargs["augmentations"], *extra]
+        return build_detection_train_loader(cfg, mapper=DatasetMapper(**kwargs))
+
+    @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         ap_ious = cfg.TEST.get("AP_AT_IOUS", DEFAULT_AP_IOUS)
-        return COCOEvaluatorAtIoUs(dataset_name, output_dir=output_folder, ap_ious=ap_ious)
+        box_pr_at = cfg.TEST.get("BOX_PR_AT", ())  # precision/recall at (iou, score), () off
+        return COCOEvaluatorAtIoUs(
+            dataset_name, output_dir=output_folder, ap_ious=ap_ious, box_pr_at=box_pr_at
+        )

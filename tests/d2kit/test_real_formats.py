@@ -1,5 +1,6 @@
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from d2kit.data import (
     register_crowdhuman,
     register_sku110k,
 )
+from d2kit.data.real import ImageSizeWarning
 
 
 def _image(path, width, height, fmt, orientation=None):
@@ -170,13 +172,18 @@ def _csv(tmp_path, *rows):
 
 def test_sku110k_boxes_outside_the_stated_size_name_the_line(tmp_path, sku):
     images = str(sku / "images")
-    # the height 80 cut short to 8: the boxes of line 2 lie below the stated image
+    # the height 80 cut short to 8: without the header read, the boxes of line 2 lie below the
+    # stated image
     path = _csv(
         tmp_path, "test_0.jpg,10,2,30,7,object,100,8", "test_0.jpg,10,20,30,40,object,100,8"
     )
     with pytest.raises(ValueError, match=r"annotations_x.csv:2: box .* outside the stated image "
                                          r"size 100x8 .* truncated"):  # fmt: skip
-        load_sku110k_csv(path, images)
+        load_sku110k_csv(path, images, check_image_sizes=False)
+    # with it (the default), the header's 100x80 is the size and the boxes are inside
+    with pytest.warns(ImageSizeWarning, match=r"annotations_x.csv:1: the csv states 100x8"):
+        (d,) = load_sku110k_csv(path, images)
+    assert (d["width"], d["height"]) == (100, 80) and len(d["annotations"]) == 2
     path = _csv(tmp_path, "test_1.jpg,-2.5,1,5,5,object,32,32")
     with pytest.raises(ValueError, match=r"annotations_x.csv:1: box"):
         load_sku110k_csv(path, images)
@@ -194,15 +201,58 @@ def test_sku110k_rows_of_one_image_must_state_one_size(tmp_path, sku):
 
 def test_sku110k_stated_size_is_checked_against_the_image_header(tmp_path, sku):
     images = str(sku / "images")
-    # 101 px wide in the csv, 100 px in the file: used to fail much later in the mapper
+    # 101 px wide in the csv, 100 px in the file: the header wins, with a warning naming the line
     path = _csv(tmp_path, "test_1.jpg,1,1,5,5,object,32,32", "test_0.jpg,1,1,5,5,object,101,80")
-    with pytest.raises(ValueError, match=r"annotations_x.csv:2: the csv states 101x80 for .*"
-                                         r"test_0.jpg, whose header says 100x80"):  # fmt: skip
-        load_sku110k_csv(path, images)
-    # the option that skips the header read (still checks that the image exists)
-    assert len(load_sku110k_csv(path, images, check_image_sizes=False)) == 2
+    expected = (
+        r"annotations_x.csv:2: the csv states 101x80 for .*test_0.jpg, whose header says 100x80"
+    )
+    with pytest.warns(ImageSizeWarning, match=expected):
+        dicts = load_sku110k_csv(path, images)
+    assert [(d["width"], d["height"]) for d in dicts] == [(32, 32), (100, 80)]
+    # the option that skips the header read trusts the csv (and still checks that the image
+    # exists)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dicts = load_sku110k_csv(path, images, check_image_sizes=False)
+    assert [(d["width"], d["height"]) for d in dicts] == [(32, 32), (101, 80)]
     (name,) = register_sku110k(str(sku), splits=("test",), check_image_sizes=False)
     assert len(DatasetCatalog.get(name)) == 2
+
+
+def test_sku110k_official_test2_width_quirk(tmp_path):
+    """The official annotations_test.csv states 427x367 for test2.jpg, a 426x367 JPEG."""
+    images = tmp_path / "images"
+    _image(str(images / "test2.jpg"), 426, 367, "JPEG")
+    _image(str(images / "test1.jpg"), 64, 48, "JPEG")
+    rows = [
+        "test1.jpg,1,1,20,20,object,64,48",
+        "test2.jpg,10,20,120,200,object,427,367",
+        "test2.jpg,300,0,427,366,object,427,367",  # to the stated edge: 1 px over the real one
+        "test2.jpg,0,100,50,367,object,427,367",
+    ]
+    path = _csv(tmp_path, *rows)
+    with pytest.warns(ImageSizeWarning) as record:
+        dicts = load_sku110k_csv(path, str(images))
+    assert len(record) == 1  # once per image, not once per row
+    message = str(record[0].message)
+    assert "annotations_x.csv:2: the csv states 427x367 for" in message
+    assert "test2.jpg, whose header says 426x367" in message and "using the header's" in message
+    d = dicts[1]
+    assert (d["image_id"], d["width"], d["height"]) == ("test2.jpg", 426, 367)
+    assert [a["bbox"] for a in d["annotations"]] == [
+        [10, 20, 120, 200], [300, 0, 427, 366], [0, 100, 50, 367]
+    ]  # fmt: skip
+    # a box more than box_tolerance outside the real image is still an error, naming its line
+    # and both sizes
+    path = _csv(tmp_path, *rows, "test2.jpg,400,0,427.5,10,object,427,367")
+    with pytest.warns(ImageSizeWarning):
+        with pytest.raises(ValueError, match=r"annotations_x.csv:5: box .* lies outside the image "
+                                             r"size 426x367 \(its header; the csv states "
+                                             r"427x367\) .* by more than 1 px"):  # fmt: skip
+            load_sku110k_csv(path, str(images))
+    # a larger tolerance accepts it
+    with pytest.warns(ImageSizeWarning):
+        assert len(load_sku110k_csv(path, str(images), box_tolerance=2.0)[1]["annotations"]) == 4
 
 
 def test_sku110k_size_follows_the_exif_orientation(tmp_path, sku):
@@ -210,8 +260,10 @@ def test_sku110k_size_follows_the_exif_orientation(tmp_path, sku):
     _image(str(sku / "images" / "rot.jpg"), 40, 30, "JPEG", orientation=6)
     (d,) = load_sku110k_csv(_csv(tmp_path, "rot.jpg,1,1,5,5,object,30,40"), str(sku / "images"))
     assert (d["width"], d["height"]) == (30, 40)
-    with pytest.raises(ValueError, match="whose header says 30x40"):
-        load_sku110k_csv(_csv(tmp_path, "rot.jpg,1,1,5,5,object,40,30"), str(sku / "images"))
+    with pytest.warns(ImageSizeWarning, match="whose header says 30x40"):
+        path = _csv(tmp_path, "rot.jpg,1,1,5,5,object,40,30")
+        (d,) = load_sku110k_csv(path, str(sku / "images"))
+    assert (d["width"], d["height"]) == (30, 40)
 
 
 def test_missing_images_name_the_annotation_file_and_line(tmp_path, sku, crowdhuman, carpk):
@@ -228,3 +280,23 @@ def test_missing_images_name_the_annotation_file_and_line(tmp_path, sku, crowdhu
     os.remove(carpk / "Images" / "20160331_NTU_00001.png")
     with pytest.raises(FileNotFoundError, match=r"ImageSets/test.txt:1: image not found"):
         load_carpk(str(carpk), "test")
+
+
+def test_crowdhuman_missing_image_names_the_odgt_file_and_line(tmp_path, crowdhuman):
+    """The error names the image path and the ``.odgt`` line of the record that needs it (blank
+    lines count: the line number is the file's)."""
+    odgt = tmp_path / "annotation_train.odgt"
+    present = (crowdhuman / "annotation_val.odgt").read_text().strip()
+    missing = json.dumps({"ID": "284193,faa9000f2678b5e", "gtboxes": []})
+    odgt.write_text("\n".join([present, "", present, missing, present]) + "\n")
+    images = crowdhuman / "Images"
+    with pytest.raises(FileNotFoundError) as info:
+        load_crowdhuman_odgt(str(odgt), str(images))
+    message = str(info.value)
+    assert message.startswith(f"{odgt}:4: image not found: ")
+    assert message.endswith(os.path.join(str(images), "284193,faa9000f2678b5e.jpg"))
+    # the same through the registered dataset (the error surfaces at DatasetCatalog.get)
+    (odgt.parent / "Images").symlink_to(images)
+    (name,) = register_crowdhuman(str(odgt.parent), splits=("train",))
+    with pytest.raises(FileNotFoundError, match=r"annotation_train.odgt:4: image not found"):
+        DatasetCatalog.get(name)
