@@ -35,7 +35,6 @@ Inference time is measured by ``time`` alone, never while a training runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import json
 import math
@@ -49,6 +48,7 @@ from detectron2.engine import default_argument_parser
 
 from d2kit.benchmarking import (
     CallTimer,
+    claim_run,
     converged_scale,
     difference_verdict,
     learning_curve,
@@ -313,35 +313,6 @@ def _train_one(args, group: str, run: str, scale: int, seed: int) -> None:
     print(f"{_key(group, run, scale, seed)}: AP {entry['bbox'].get('AP', float('nan')):.2f}")
 
 
-@contextlib.contextmanager
-def _claim(run_dir: str):
-    """Yields True when this process may run ``run_dir``: no other live process holds its claim
-    file (so that several ``train`` processes can share one list of runs)."""
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, "claimed_by.pid")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        with open(path) as f:
-            pid = int(f.read().strip() or 0)
-        try:
-            os.kill(pid, 0)
-            alive = True
-        except (ProcessLookupError, ValueError):
-            alive = False
-        if alive:
-            yield False
-            return
-        os.remove(path)  # a stopped process's claim
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    try:
-        yield True
-    finally:
-        os.remove(path)
-
-
 def _baseline_ap_by_scale(runs: dict, group: str) -> dict[int, list[float]]:
     by_scale: dict[int, list[float]] = {}
     for e in runs.values():
@@ -375,7 +346,7 @@ def cmd_train(args) -> None:
                 done = _load(args.results).get("runs", {})
                 if _key(args.group, run, scale, seed) in done:
                     continue
-                with _claim(_run_dir(args.out_dir, args.group, run, scale, seed)) as mine:
+                with claim_run(_run_dir(args.out_dir, args.group, run, scale, seed)) as mine:
                     if mine:
                         _train_one(args, args.group, run, scale, seed)
                     else:
@@ -506,15 +477,16 @@ def report_group(runs: dict, group: str, scale: int | None = None) -> None:
     print(f"## {spec['title']} ({spec['test_set']}, synthetic data)\n")
     by_scale = _baseline_ap_by_scale(runs, group)
     print("Baseline box AP by schedule (mean ± std over seeds):\n")
-    print("| scale | iterations | seeds | AP | AP50 | AP75 | s/iter |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scale | iterations | seeds | AP | AP50 | AP75 | s/iter | wall min, all seeds |")
+    print("|---|---|---|---|---|---|---|---|")
     for k in sorted(by_scale):
         rows = [e for e in entries if e["run"] == "baseline" and e["scale"] == k]
         seeds = ",".join(str(e["seed"]) for e in sorted(rows, key=lambda e: e["seed"]))
         cells = [_fmt(*mean_std([e["bbox"][m] for e in rows])) for m in ("AP", "AP50", "AP75")]
         spi = [e["s_per_iter"] for e in rows if not math.isnan(e.get("s_per_iter", math.nan))]
-        spi_cell = f"{statistics.mean(spi):.2f}" if spi else "—"
-        print(f"| {k}x | {QUICK_ITERS * k} | {seeds} | " + " | ".join(cells) + f" | {spi_cell} |")
+        cells.append(f"{statistics.mean(spi):.2f}" if spi else "—")
+        cells.append(f"{sum(e['wall_s'] for e in rows) / 60:.0f}")
+        print(f"| {k}x | {QUICK_ITERS * k} | {seeds} | " + " | ".join(cells) + " |")
     found, rows = converged_scale(by_scale)
     print()
     for r in rows:
@@ -530,6 +502,14 @@ def report_group(runs: dict, group: str, scale: int | None = None) -> None:
         return
     label = "converged" if target == found else "NOT converged: a comparison of training speed"
     print(f"\nMethods at {target}x ({QUICK_ITERS * target} iterations, {label}), paired by seed:\n")
+    base_spec = spec["runs"]["baseline"]
+    schedule = " ".join(
+        f'"{o}"' if " " in o else o for o in scaled_schedule_opts(QUICK_ITERS, target)
+    )
+    print(
+        "One run by hand (any run: its config and overrides, any seed): python -m "
+        f"d2kit.engine.train_net --config-file {base_spec['config']} SEED 1 {schedule}\n"
+    )
     at = {}
     for e in entries:
         if e["scale"] == target:
@@ -577,7 +557,8 @@ def report_group(runs: dict, group: str, scale: int | None = None) -> None:
             f"\n{combo} against its best single method ({best}): {mean:+.2f} ± {std:.2f} over "
             f"{n} seeds, {verdict}: {'ships' if ships else 'does not ship'}{missing}"
         )
-    print()
+    wall = sum(e["wall_s"] for e in entries if "source" not in e) / 3600
+    print(f"\nWall time of this group's runs in the file (training + evaluations): {wall:.1f} h\n")
 
 
 def plot_curves(runs: dict, path: str) -> None:
