@@ -35,8 +35,6 @@ Inference time is measured by ``time`` alone, never while a training runs.
 from __future__ import annotations
 
 import argparse
-import glob
-import json
 import math
 import os
 import platform
@@ -44,21 +42,24 @@ import statistics
 import time
 
 import torch
-from detectron2.engine import default_argument_parser
 
 from d2kit.benchmarking import (
     CallTimer,
     claim_run,
     converged_scale,
-    difference_verdict,
+    evaluate_run,
     learning_curve,
+    load_results,
     mean_std,
+    paired_difference,
+    paired_verdict,
+    run_train_net,
     scaled_schedule_opts,
-    training_log,
+    seconds_per_iter,
+    train_run,
     update_results_json,
 )
-from d2kit.engine import Trainer, train_net
-from d2kit.projects import project_config_fns
+from d2kit.engine import Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -230,31 +231,12 @@ GROUPS = {
 }
 
 
-def _seconds_per_iter(run_dir: str) -> float:
-    times = [r["time"] for r in training_log(run_dir) if "time" in r]
-    return statistics.median(times) if times else float("nan")
-
-
-def _main(config, opts, eval_only=False, resume=False, trainer_cls=Trainer):
-    argv = ["--config-file", config] + (["--eval-only"] if eval_only else [])
-    argv += ["--resume"] if resume else []
-    args = default_argument_parser().parse_args(argv + list(opts))
-    return train_net.main(args, config_fns=project_config_fns(), trainer_cls=trainer_cls)
-
-
 def _run_dir(out_dir: str, group: str, run: str, scale: int, seed: int) -> str:
     return os.path.join(out_dir, group, f"{run}_x{scale}_s{seed}")
 
 
 def _key(group: str, run: str, scale: int, seed: int) -> str:
     return f"{group}/{run}/x{scale}/s{seed}"
-
-
-def _load(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
 
 
 def _metrics(results: dict, task: str) -> dict:
@@ -271,21 +253,16 @@ def _train_one(args, group: str, run: str, scale: int, seed: int) -> None:
     common = ["SEED", str(seed), *spec["opts"], *schedule]
     start = time.perf_counter()
     if spec["eval_of"] is None:
-        resume = os.path.isfile(os.path.join(out, "last_checkpoint"))
-        opts = [*common, "OUTPUT_DIR", out, "DATASETS.TEST", f"('{test_set}',)"]
-        results = _main(spec["config"], opts, resume=resume)
-        weights = os.path.join(out, "model_final.pth")
-        # keep the final weights only: the periodic ones were for resuming
-        for path in glob.glob(os.path.join(out, "model_[0-9]*.pth")):
-            os.remove(path)
+        opts = [*common, "DATASETS.TEST", f"('{test_set}',)"]
+        results, weights = train_run(spec["config"], opts, out)
     else:
         base_dir = _run_dir(args.out_dir, group, spec["eval_of"], scale, seed)
         weights = os.path.join(base_dir, "model_final.pth")
         if not os.path.isfile(weights):
             print(f"skip {_key(group, run, scale, seed)}: train {spec['eval_of']} first")
             return
-        opts = [*common, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", os.path.join(out, "eval")]
-        results = _main(spec["config"], opts + ["DATASETS.TEST", f"('{test_set}',)"], True)
+        opts = [*common, "DATASETS.TEST", f"('{test_set}',)"]
+        results = evaluate_run(spec["config"], opts, weights, out)
     wall_s = time.perf_counter() - start
     entry = {
         "group": group,
@@ -308,7 +285,7 @@ def _train_one(args, group: str, run: str, scale: int, seed: int) -> None:
         entry["segm"] = _metrics(results, "segm")
     if spec["eval_of"] is None:
         entry["curve"] = learning_curve(out, QUICK_ITERS * scale)
-        entry["s_per_iter"] = _seconds_per_iter(out)
+        entry["s_per_iter"] = seconds_per_iter(out)
     update_results_json(args.results, "runs", _key(group, run, scale, seed), entry)
     print(f"{_key(group, run, scale, seed)}: AP {entry['bbox'].get('AP', float('nan')):.2f}")
 
@@ -330,7 +307,7 @@ def cmd_train(args) -> None:
     scales = args.scales
     if not scales:
         scale, _ = converged_scale(
-            _baseline_ap_by_scale(_load(args.results).get("runs", {}), args.group)
+            _baseline_ap_by_scale(load_results(args.results).get("runs", {}), args.group)
         )
         if scale is None:
             raise SystemExit(
@@ -343,7 +320,7 @@ def cmd_train(args) -> None:
     for scale in scales:
         for seed in args.seeds:
             for run in names:
-                done = _load(args.results).get("runs", {})
+                done = load_results(args.results).get("runs", {})
                 if _key(args.group, run, scale, seed) in done:
                     continue
                 with claim_run(_run_dir(args.out_dir, args.group, run, scale, seed)) as mine:
@@ -376,7 +353,7 @@ def cmd_import_quick(args) -> None:
     """Copy the quick-schedule (scale 1) runs of ``composed_quick_ap.json`` into the results
     file, marked with their source; their AP and inference time are that benchmark's, they
     have no learning curve."""
-    source = _load(args.source).get("runs", {})
+    source = load_results(args.source).get("runs", {})
     if not source:
         raise SystemExit(f"no runs in {args.source}")
     for entry in source.values():
@@ -422,7 +399,7 @@ class _TimedTrainer(Trainer):
 def cmd_time(args) -> None:
     """Inference ms per test image (batch 1, the model's forward, first image skipped) of each
     stored run that has none yet, over its whole test set."""
-    runs = _load(args.results).get("runs", {})
+    runs = load_results(args.results).get("runs", {})
     for key, entry in sorted(runs.items()):
         if "ms_per_image" in entry and not args.again:
             continue
@@ -436,7 +413,7 @@ def cmd_time(args) -> None:
         opts += ["DATASETS.TEST", f"('{entry['test_set']}',)"]
         opts += ["OUTPUT_DIR", os.path.join(args.out_dir, "timing", key.replace("/", "_"))]
         torch.set_num_threads(args.threads)
-        _main(entry["config"], opts, eval_only=True, trainer_cls=_TimedTrainer)
+        run_train_net(entry["config"], opts, eval_only=True, trainer_cls=_TimedTrainer)
         timer = _TimedTrainer.timer
         entry = dict(
             entry,
@@ -450,18 +427,6 @@ def cmd_time(args) -> None:
 
 def _fmt(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.2f} ± {std:.2f}"
-
-
-def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int]:
-    diffs = [a[s] - b[s] for s in sorted(a) if s in b and not math.isnan(a[s] - b[s])]
-    mean, std = mean_std(diffs)
-    return mean, std, len(diffs)
-
-
-def _verdict(mean: float, std: float, n: int) -> str:
-    if n < 2:
-        return "n/a (fewer than 2 seeds)"
-    return difference_verdict(mean, std)
 
 
 def _by_seed(entries, task="bbox", metric="AP") -> dict[int, float]:
@@ -538,8 +503,8 @@ def report_group(runs: dict, group: str, scale: int | None = None) -> None:
             if run == "baseline" or not base:
                 cells.append("—")
                 continue
-            mean, std, n = _paired(_by_seed(rows, task), _by_seed(base, task))
-            cells.append(f"{mean:+.2f} ± {std:.2f} ({_verdict(mean, std, n)})")
+            mean, std, n = paired_difference(_by_seed(rows, task), _by_seed(base, task))
+            cells.append(f"{mean:+.2f} ± {std:.2f} ({paired_verdict(mean, std, n)})")
         print("| " + " | ".join(cells) + " |")
     for combo, singles in spec["combines"].items():
         if combo not in at:
@@ -549,8 +514,8 @@ def report_group(runs: dict, group: str, scale: int | None = None) -> None:
         if not measured:
             continue
         best = max(measured, key=lambda s: statistics.mean(measured[s].values()))
-        mean, std, n = _paired(ap, measured[best])
-        verdict = _verdict(mean, std, n)
+        mean, std, n = paired_difference(ap, measured[best])
+        verdict = paired_verdict(mean, std, n)
         ships = verdict in ("gain", "no difference")
         missing = "" if len(measured) == len(singles) else " (not every single method measured)"
         print(
@@ -607,7 +572,7 @@ def plot_curves(runs: dict, path: str) -> None:
 
 
 def cmd_report(args) -> None:
-    runs = _load(args.results).get("runs", {})
+    runs = load_results(args.results).get("runs", {})
     if not runs:
         raise SystemExit(f"no results at {args.results}; run `train` first")
     for group in args.groups or GROUPS:
