@@ -322,7 +322,8 @@ def assemble(
         base: the class the components are mixed into (a ``Composed*`` class or a predictor).
         components: (label, mixin) pairs; the label names the component in errors, e.g.
             "MODEL.COMPOSE.ROI_HEADS.SAMPLER = 'overlap_sampler'".
-        name: the class name (default: base name plus the component names).
+        name: the class name (default: the base's name and the components', joined by "_"; a
+            Python identifier, as an exported (traced) model needs).
         reserved: hooks of ``base`` no component may declare or override.
         attrs: extra class attributes of the result.
     Raises:
@@ -366,7 +367,8 @@ def assemble(
         return cached
     if name is None:
         parts = [m.__name__ for m in mixins]
-        name = f"{base.__name__}[{'+'.join(parts)}]" if parts else base.__name__
+        # a Python identifier: TorchScript names the classes of a traced model after it
+        name = "_".join([base.__name__, *parts])
     namespace = {
         "__module__": base.__module__,
         "__qualname__": name,

@@ -236,11 +236,24 @@ def topk_per_group(keep: torch.Tensor, groups: torch.Tensor, k: int) -> torch.Te
         groups: int64 [M] non-negative group id of every entry of ``keep``.
         k: at most this many per group; ``k <= 0`` keeps everything.
     """
-    if k <= 0 or keep.numel() == 0:
+    if k <= 0:
         return keep
-    onehot = torch.nn.functional.one_hot(groups, int(groups.max()) + 1)
-    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # rank of each entry within its group
+    # The rank of each entry within its group: its position after a stable sort by group, less
+    # the position where its group starts (no count of groups, so also for M = 0).
+    order = torch.sort(groups, stable=True).indices
+    sorted_groups = groups[order]
+    position = torch.ones_like(sorted_groups).cumsum(0) - 1
+    rank_sorted = position - torch.searchsorted(sorted_groups, sorted_groups)
+    rank = torch.empty_like(rank_sorted).scatter_(0, order, rank_sorted)
     return keep[rank < k]
+
+
+def _at_most(size, k: int):
+    """``min(size, k)`` for a tensor size: an int, or while a model is traced a traced value,
+    which stays symbolic (the trace then also fits inputs of other sizes)."""
+    if isinstance(size, torch.Tensor):
+        return torch.clamp(size, max=k)
+    return min(size, k)
 
 
 def find_top_proposals(
@@ -274,7 +287,7 @@ def find_top_proposals(
     batch_idx = torch.arange(num_images, device=device)[:, None]
     top_scores, top_boxes, levels = [], [], []
     for level, (boxes_l, logits_l) in enumerate(zip(proposals, pred_objectness_logits)):
-        k = min(pre_nms_topk, logits_l.shape[1])
+        k = _at_most(logits_l.shape[1], pre_nms_topk)
         scores_l, idx = logits_l.topk(k, dim=1)
         top_scores.append(scores_l)
         top_boxes.append(boxes_l[batch_idx, idx])
@@ -289,16 +302,15 @@ def find_top_proposals(
         scores = top_scores[n]
         lvl = levels
         valid = torch.isfinite(boxes.tensor).all(dim=1) & torch.isfinite(scores)
-        if not bool(valid.all()):
-            if training:
-                raise FloatingPointError(
-                    "Predicted boxes or scores contain Inf/NaN. Training has diverged."
-                )
-            boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
+        if training and not bool(valid.all()):
+            raise FloatingPointError(
+                "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+            )
+        # masks applied whatever they hold (no branch on the data: the same code for any input)
+        boxes, scores, lvl = boxes[valid], scores[valid], lvl[valid]
         boxes.clip(image_size)
         big = boxes.nonempty(threshold=min_box_size)
-        if not bool(big.all()):
-            boxes, scores, lvl = boxes[big], scores[big], lvl[big]
+        boxes, scores, lvl = boxes[big], scores[big], lvl[big]
         keep = suppress(boxes.tensor, scores, lvl)
         keep = topk_per_group(keep, lvl[keep], post_topk_per_level)
         keep = keep[:post_nms_topk]
@@ -334,19 +346,19 @@ def fast_rcnn_detections(
         the RoI of every detection)
     """
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores).all(dim=1)
-    if not bool(valid.all()):
-        boxes, scores = boxes[valid], scores[valid]
+    boxes, scores = boxes[valid], scores[valid]
     roi_ids = torch.nonzero(valid).view(-1)
     scores = scores[:, :-1]
     num_reg_classes = boxes.shape[1] // 4
     clipped = Boxes(boxes.reshape(-1, 4))
     clipped.clip(image_shape)
-    boxes = clipped.tensor.view(-1, num_reg_classes, 4)
+    # [R, C, 4]: the box of every (RoI, class); class-agnostic boxes are broadcast (no copy)
+    boxes = clipped.tensor.view(-1, num_reg_classes, 4).expand(-1, scores.shape[1], -1)
     candidates = scores > score_thresh  # [R, C]
     if suppression.decays_scores:
         candidates &= (scores > 0) & (scores >= suppression.score_threshold)
     ids = torch.nonzero(candidates)  # (RoI, class)
-    boxes = boxes[ids[:, 0], 0] if num_reg_classes == 1 else boxes[candidates]
+    boxes = boxes[candidates]
     scores = scores[candidates]
     keep, new_scores = suppression(boxes, scores, ids[:, 1], nms_thresh)
     if topk_per_image >= 0:

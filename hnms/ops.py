@@ -40,6 +40,13 @@ __all__ = ["INVALID_CODE", "iou_hash", "hnms", "batched_hnms"]
 _BACKENDS = ("auto", "ext", "torch")
 
 
+def _sizes_are_ints() -> bool:
+    """False while ``torch.jit.trace`` records a model: sizes are then traced values, and
+    comparing them here would freeze the comparison into the trace. The compiled ops check the
+    same sizes again when they run (in a traced model too)."""
+    return not torch.jit.is_tracing()
+
+
 def _check_tensor(x, name: str, shape_hint: str, fix: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise ValueError(
@@ -50,7 +57,7 @@ def _check_tensor(x, name: str, shape_hint: str, fix: str) -> torch.Tensor:
 
 def _check_boxes(boxes) -> torch.Tensor:
     _check_tensor(boxes, "boxes", "[N, 4]", "wrap it with torch.as_tensor(boxes)")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
+    if boxes.dim() != 2 or (_sizes_are_ints() and boxes.shape[1] != 4):
         raise ValueError(
             "boxes must have shape [N, 4] with columns (x1, y1, x2, y2), got "
             f"{tuple(boxes.shape)}; pass Boxes.tensor, or reshape with boxes.reshape(-1, 4)"
@@ -64,7 +71,7 @@ def _check_boxes(boxes) -> torch.Tensor:
 
 def _check_scores(scores, boxes: torch.Tensor) -> torch.Tensor:
     _check_tensor(scores, "scores", "[N]", "wrap it with torch.as_tensor(scores)")
-    if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
+    if scores.dim() != 1 or (_sizes_are_ints() and scores.shape[0] != boxes.shape[0]):
         raise ValueError(
             f"scores must have shape [N] with N = len(boxes) = {boxes.shape[0]}, got "
             f"{tuple(scores.shape)}; pass one score per box (e.g. scores.reshape(-1))"
@@ -84,7 +91,7 @@ def _check_scores(scores, boxes: torch.Tensor) -> torch.Tensor:
 
 def _check_idxs(idxs, boxes: torch.Tensor) -> torch.Tensor:
     _check_tensor(idxs, "idxs", "[N]", "wrap it with torch.as_tensor(idxs)")
-    if idxs.dim() != 1 or idxs.shape[0] != boxes.shape[0]:
+    if idxs.dim() != 1 or (_sizes_are_ints() and idxs.shape[0] != boxes.shape[0]):
         raise ValueError(
             f"idxs must have shape [N] with N = len(boxes) = {boxes.shape[0]}, got "
             f"{tuple(idxs.shape)}; pass one class (or level) id per box"
@@ -188,13 +195,22 @@ def use_compiled_kernel(backend: str, device: torch.device, cuda_kernel: bool = 
     for ``backend="ext"`` without a usable kernel."""
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return False
-    mod = _ext.load()
+    mod = None if backend == "torch" else _ext.load()
     usable = mod is not None and (
         device.type == "cpu"
         or (cuda_kernel and device.type == "cuda" and bool(mod.compiled_with_cuda()))
     )
+    if not usable and torch.jit.is_tracing():
+        # The pure-torch path loops in Python over data-dependent counts (cells, Soft-NMS
+        # steps): a trace would freeze the counts of the example input.
+        raise RuntimeError(
+            f"tracing a model that runs HNMS or Soft-NMS on {device.type} needs the compiled op "
+            "torch.ops.hnms.* (hnms._C): build it with `pip install --no-build-isolation -e .` "
+            "(FORCE_CUDA=1 for the CUDA kernels; Soft-NMS has a CPU kernel only, so export such "
+            "a model on the CPU)"
+        )
+    if backend == "torch":
+        return False
     if backend == "ext" and not usable:
         if device.type != "cpu" and not cuda_kernel:
             raise RuntimeError(
@@ -252,9 +268,7 @@ def _hnms(boxes, scores, idxs, alpha, num_hashes, w0, h0, bx, by, backend):
         idxs = _check_idxs(idxs, boxes)
     num_hashes = _check_num_hashes(num_hashes)
     alpha, w0, h0, bx, by = _check_hash_params(alpha, w0, h0, bx, by, num_hashes)
-    if boxes.shape[0] == 0:
-        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    if use_compiled_kernel(backend, boxes.device):
+    if use_compiled_kernel(backend, boxes.device):  # every backend returns [0] for N = 0
         groups = idxs if idxs is not None else boxes.new_empty((0,), dtype=torch.int64)
         return torch.ops.hnms.hnms(boxes, scores, groups, alpha, num_hashes, w0, h0, bx, by)
     return hnms_reference(boxes, scores, idxs, alpha, num_hashes, w0, h0, bx, by)

@@ -127,5 +127,5 @@ class HashPrefilterRetinaNet(RetinaNet):
         else:
             keep = batched_nms(boxes, scores, classes, self.test_nms_thresh)
         if self.prefilter:
-            put_kept_fraction("hnms/retinanet_kept_fraction", len(boxes), len(keep))
+            put_kept_fraction("hnms/retinanet_kept_fraction", boxes.shape[0], keep.shape[0])
         return keep, new_scores

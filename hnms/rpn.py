@@ -46,7 +46,7 @@ def find_top_hash_proposals(
 
     def suppress(boxes, scores, levels):
         keep = batched_hnms(boxes, scores, levels, alpha, num_hashes, **hash_kwargs)
-        put_kept_fraction("hnms/rpn_kept_fraction", len(boxes), len(keep))
+        put_kept_fraction("hnms/rpn_kept_fraction", boxes.shape[0], keep.shape[0])
         return keep
 
     return find_top_proposals(

@@ -45,6 +45,11 @@ from .ops import _check_boxes, _check_float, _check_idxs, _check_scores, use_com
 __all__ = ["SOFT_NMS_METHODS", "soft_nms", "batched_soft_nms", "soft_nms_reference"]
 
 SOFT_NMS_METHODS = ("linear", "gaussian")
+#: The error for +-inf scores (the same text in the kernel, hnms/csrc/soft_nms_cpu.cpp).
+INF_SCORES_MESSAGE = (
+    "scores must be finite (or NaN, which is dropped), got +-inf; Soft-NMS multiplies scores by "
+    "decay factors, so pass probabilities (e.g. scores.sigmoid() for logits)"
+)
 
 
 def _iou_with(box: torch.Tensor, area: torch.Tensor, boxes: torch.Tensor, areas: torch.Tensor):
@@ -137,18 +142,16 @@ def _soft_nms(boxes, scores, idxs, method, sigma, iou_threshold, score_threshold
             f"score_threshold must be >= 0, got {score_threshold}; Soft-NMS decays scores "
             "multiplicatively, which needs non-negative scores (e.g. 0.001)"
         )
-    if bool(torch.isinf(scores).any()):
-        raise ValueError(
-            "scores must be finite (or NaN, which is dropped), got +-inf; Soft-NMS multiplies "
-            "scores by decay factors, so pass probabilities (e.g. scores.sigmoid() for logits)"
-        )
     if use_compiled_kernel(backend, boxes.device, cuda_kernel=False):
+        # the kernel rejects +-inf scores with the ValueError below (in a traced model too)
         groups = idxs if idxs is not None else boxes.new_empty((0,), dtype=torch.int64)
         code = SOFT_NMS_METHODS.index(method)
         keep, new_scores = torch.ops.hnms.soft_nms(
             boxes, scores, groups, code, sigma, iou_threshold, score_threshold
         )
     else:
+        if bool(torch.isinf(scores).any()):
+            raise ValueError(INF_SCORES_MESSAGE)
         keep, new_scores = soft_nms_reference(
             boxes, scores, idxs, method, sigma, iou_threshold, score_threshold
         )

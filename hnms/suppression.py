@@ -68,7 +68,7 @@ class HashNMS(SuppressionMethod):
     def __call__(self, boxes, scores, idxs, iou_threshold: float):
         keep = batched_hnms(boxes, scores, idxs, self.alpha, self.num_hashes, **self.hash_kwargs)
         if self.log_name:
-            put_kept_fraction(self.log_name, len(boxes), len(keep))
+            put_kept_fraction(self.log_name, boxes.shape[0], keep.shape[0])
         return keep, None
 
     def __repr__(self) -> str:
@@ -96,7 +96,7 @@ class HashPrefilter(Prefilter):
     def __call__(self, boxes, scores, idxs):
         pre = batched_hnms(boxes, scores, idxs, self.alpha, self.num_hashes, **self.hash_kwargs)
         if self.log_name:
-            put_kept_fraction(self.log_name, len(boxes), len(pre))
+            put_kept_fraction(self.log_name, boxes.shape[0], pre.shape[0])
         return pre
 
     def __repr__(self) -> str:

@@ -135,15 +135,15 @@ def rank_nms_inference_single_image(
         ``topk_per_image``.
     """
     valid = torch.isfinite(boxes).all(dim=1) & torch.isfinite(probs).all(dim=1)
-    valid &= torch.isfinite(rank)
-    if not valid.all():
-        boxes, probs, rank = boxes[valid], probs[valid], rank[valid]
+    valid = valid & torch.isfinite(rank)
+    boxes, probs, rank = boxes[valid], probs[valid], rank[valid]
     roi_index = torch.nonzero(valid).flatten()
 
     cls = probs[:, :-1]
     clipped = Boxes(boxes.reshape(-1, 4))
     clipped.clip(image_shape)
-    boxes = clipped.tensor.view(-1, boxes.shape[1] // 4, 4)  # (R, K or 1, 4)
+    # (R, K, 4): the box of every (RoI, class); class-agnostic boxes are broadcast (no copy)
+    boxes = clipped.tensor.view(-1, boxes.shape[1] // 4, 4).expand(-1, cls.shape[1], -1)
 
     s_r = rank.sigmoid() if params.fusion_score == "sigmoid" else rank
     fused = fuse_scores(s_r, cls, params.effective_beta)  # Eq. (4), (R, K)
@@ -157,7 +157,7 @@ def rank_nms_inference_single_image(
         # score threshold) is dropped here.
         mask &= (fused > 0) & (fused >= suppression.score_threshold)
     inds = mask.nonzero()  # (N, 2): RoI, class
-    boxes = boxes[inds[:, 0], 0] if boxes.shape[1] == 1 else boxes[mask]
+    boxes = boxes[mask]
     nms_scores, cls_scores, classes = fused[mask], cls[mask], inds[:, 1]
 
     keep, out_scores = suppression(boxes, nms_scores, classes, params.nms_thresh)

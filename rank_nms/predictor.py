@@ -250,9 +250,8 @@ class RankNMSPredictorMixin(Component):
             return scores, proposal_deltas, self.rank_head(pooled)
         probs = scores.sigmoid() if self.use_sigmoid_ce else F.softmax(scores, dim=-1)
         needed = (probs[:, :-1] > self.test_score_thresh).any(dim=1)
-        rank = scores.new_zeros(len(scores))
-        if bool(needed.any()):
-            rank[needed] = self.rank_head(pooled[needed]).to(rank.dtype)
+        rank = torch.zeros_like(scores[:, 0])
+        rank[needed] = self.rank_head(pooled[needed]).to(rank.dtype)  # R(·) takes 0 RoIs too
         return scores, proposal_deltas, rank
 
     def _rank_only_where_needed(self) -> bool:
@@ -286,7 +285,7 @@ class RankNMSPredictorMixin(Component):
         """Detections by fused-score NMS (Eq. (4)); returns (instances, kept RoI indices)."""
         boxes = self.predict_boxes(predictions, proposals)
         probs = self.predict_probs(predictions, proposals)
-        rank = predictions[2].split([len(p) for p in proposals])
+        rank = predictions[2].split([p.shape[0] for p in probs])  # sizes: traceable values
         image_shapes = [p.image_size for p in proposals]
         return rank_nms_inference(
             boxes,

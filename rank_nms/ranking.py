@@ -283,7 +283,7 @@ def fuse_scores(rank: torch.Tensor, cls: torch.Tensor, beta: float = 0.15) -> to
     _check_tensor("rank", rank, 1, floating=True)
     if not isinstance(cls, torch.Tensor) or not cls.is_floating_point() or cls.dim() not in (1, 2):
         raise ValueError(f"cls must be a 1-D or 2-D float tensor, got {getattr(cls, 'shape', cls)}")
-    if cls.shape[0] != rank.shape[0]:
+    if not torch.jit.is_tracing() and cls.shape[0] != rank.shape[0]:  # sizes: traced values
         raise ValueError(f"rank ({rank.shape[0]}) and cls ({cls.shape[0]}) must have equal length")
     if isinstance(beta, bool) or not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
         raise ValueError(f"beta (β) must be a number in [0, 1], got {beta!r}")

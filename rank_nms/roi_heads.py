@@ -136,7 +136,7 @@ class CascadeRankNMSMixin(_RankNMSComponent):
             sum(list(per_image)) * (1.0 / self.num_cascade_stages)
             for per_image in zip(*probs_per_stage)
         ]
-        rank = predictions[2].split([len(p) for p in proposals])
+        rank = predictions[2].split([p.shape[0] for p in probs])  # sizes: traceable values
         last = self.box_predictor[-1]
         pred_instances, _ = rank_nms_inference(
             boxes,

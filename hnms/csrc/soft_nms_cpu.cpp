@@ -6,8 +6,9 @@
 // then drop every remaining box whose score is below score_threshold. As in Bodla et al.'s
 // Algorithm 1 (and the pruning of their released code), M is output before any thresholding, so
 // the best box of a group is output whatever its score; every later box has score >=
-// score_threshold. NaN-scored boxes are dropped first. O(n^2) per group of n boxes: one pass per
-// output box decays, drops and finds the next maximum at once.
+// score_threshold. NaN-scored boxes are dropped first; +-inf scores are rejected (a ValueError in
+// Python, in a traced model too). O(n^2) per group of n boxes: one pass per output box decays,
+// drops and finds the next maximum at once.
 //
 // Everything is computed in double with the expressions of hnms/soft_nms.py's reference, in the
 // same order, so both give the same boxes. Ties in score go to the lower index. A box with a
@@ -147,6 +148,11 @@ std::tuple<at::Tensor, at::Tensor> soft_nms_cpu_impl(
   order.reserve(n);
   for (int64_t i = 0; i < n; ++i) {
     const double si = static_cast<double>(s[i]);
+    // the text of INF_SCORES_MESSAGE in hnms/soft_nms.py
+    TORCH_CHECK_VALUE(
+        !std::isinf(si),
+        "scores must be finite (or NaN, which is dropped), got +-inf; Soft-NMS multiplies scores "
+        "by decay factors, so pass probabilities (e.g. scores.sigmoid() for logits)");
     if (si == si) {
       order.push_back(i);
     }
