@@ -6,6 +6,9 @@ evaluates it with ``COCOEvaluator`` on the held-out ``synth_shapes_val`` (detect
 summary (AP, AP50, iterations, wall time), also saved as ``<output-dir>/summary.json``.
 
     python -m d2kit.demo [--config-file CONFIG] [--output-dir DIR] [--num-gpus N] [KEY VALUE ...]
+
+Installed as a package, the console script ``d2kit-demo`` runs the same; ``--output-dir``
+defaults to ``demo_output`` under the current directory.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from detectron2.utils import comm
 from .engine import Trainer, train_net
 from .visualize import draw_predictions
 
-DEFAULT_CONFIG = "configs/quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml"
+#: a name relative to ``configs/`` (d2kit.paths.resolve_config_file): works in a checkout and
+#: when installed, from any directory
+DEFAULT_CONFIG = "quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml"
 
 
 def _worker(args, num_vis: int):

@@ -17,6 +17,12 @@ it trains the baselines and the composed configs, which use several projects at 
     python -m d2kit.engine.train_net --config-file configs/quick_schedules/<config>.yaml
     python -m d2kit.engine.train_net --config-file configs/Composed/quick_schedules/<config>.yaml
 
+Installed as a package, the same is the console script ``d2kit-train`` (:func:`cli`), with config
+names relative to ``configs/`` (shipped in the package) and ``OUTPUT_DIR`` relative to the current
+directory::
+
+    d2kit-train --config-file quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml
+
 Flags are detectron2's (``default_argument_parser``): ``--config-file``, ``--resume``,
 ``--eval-only``, ``--num-gpus`` (on a machine without GPUs, N > 1 starts N gloo CPU workers),
 ``--num-machines``, ``--machine-rank``, ``--dist-url``, then ``KEY VALUE`` config overrides.
@@ -42,7 +48,7 @@ from ..config import add_d2kit_config
 from ..paths import resolve_config_file
 from .trainer import Trainer
 
-__all__ = ["setup", "main", "invoke_main", "RESULTS_FILE"]
+__all__ = ["setup", "main", "invoke_main", "cli", "RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,5 +130,11 @@ def _baseline_main(args):
     return main(args, config_fns=project_config_fns())
 
 
+def cli(argv: list[str] | None = None) -> None:
+    """The ``d2kit-train`` console script: train or evaluate with every installed project's
+    config keys (detectron2's ``train_net`` flags; ``argv`` defaults to ``sys.argv[1:]``)."""
+    invoke_main(_baseline_main, argv)
+
+
 if __name__ == "__main__":
-    invoke_main(_baseline_main)  # pragma: no cover
+    cli()  # pragma: no cover
