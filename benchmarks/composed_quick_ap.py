@@ -32,7 +32,12 @@ import time
 import torch
 from detectron2.engine import default_argument_parser
 
-from d2kit.benchmarking import CallTimer, difference_verdict, mean_std, update_results_json
+from d2kit.benchmarking import (
+    difference_verdict,
+    forward_timing_trainer,
+    mean_std,
+    update_results_json,
+)
 from d2kit.engine import Trainer, train_net
 from d2kit.projects import project_config_fns
 
@@ -143,17 +148,8 @@ BASELINE_OF = {
 METRICS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 
 
-class _TimedTrainer(Trainer):
-    """The shared Trainer whose model times its forward (for the evaluation pass)."""
-
-    timer: CallTimer | None = None
-
-    @classmethod
-    def build_model(cls, cfg):
-        model = super().build_model(cfg)
-        cls.timer = CallTimer(model.forward)
-        model.forward = cls.timer
-        return model
+#: the shared Trainer whose model times its forward (for the evaluation pass)
+_TimedTrainer = forward_timing_trainer()
 
 
 def _main(config, opts, eval_only=False, trainer_cls=Trainer):

@@ -44,10 +44,10 @@ import time
 import torch
 
 from d2kit.benchmarking import (
-    CallTimer,
     claim_run,
     converged_scale,
     evaluate_run,
+    forward_timing_trainer,
     learning_curve,
     load_results,
     mean_std,
@@ -59,7 +59,6 @@ from d2kit.benchmarking import (
     train_run,
     update_results_json,
 )
-from d2kit.engine import Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -383,17 +382,8 @@ def cmd_import_quick(args) -> None:
         print(f"imported {key}")
 
 
-class _TimedTrainer(Trainer):
-    """The shared Trainer whose model times its forward."""
-
-    timer: CallTimer | None = None
-
-    @classmethod
-    def build_model(cls, cfg):
-        model = super().build_model(cfg)
-        cls.timer = CallTimer(model.forward)
-        model.forward = cls.timer
-        return model
+#: the shared Trainer whose model times its forward (for the evaluation pass)
+_TimedTrainer = forward_timing_trainer()
 
 
 def cmd_time(args) -> None:
@@ -526,9 +516,28 @@ def report_group(runs: dict, group: str, scale: int | None = None) -> None:
     print(f"\nWall time of this group's runs in the file (training + evaluations): {wall:.1f} h\n")
 
 
+def _curves_of(runs: dict, group: str, run: str, scale: int) -> list:
+    return [
+        e["curve"]
+        for e in runs.values()
+        if (e["group"], e["run"], e["scale"]) == (group, run, scale) and e.get("curve")
+    ]
+
+
+def _draw_curves(ax, curves: list, label: str, **style) -> None:
+    """Mean over seeds (and the min-max band with more than one) of learning curves."""
+    iters = sorted(set.intersection(*[{it for it, _ in c} for c in curves]))
+    values = [[dict(map(tuple, c))[it] for c in curves] for it in iters]
+    (line,) = ax.plot(iters, [statistics.mean(v) for v in values], label=label, **style)
+    if len(curves) > 1:
+        lo, hi = [min(v) for v in values], [max(v) for v in values]
+        ax.fill_between(iters, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+
+
 def plot_curves(runs: dict, path: str) -> None:
-    """AP against iteration, mean and min-max band over seeds, for each run at the group's
-    converged (else longest) baseline scale, one panel per group."""
+    """AP against iteration, mean and min-max band over seeds, one panel per group: the
+    baseline at every measured schedule (thin, dashed: the convergence protocol), and each run
+    at the group's converged (else longest) baseline scale."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -542,24 +551,16 @@ def plot_curves(runs: dict, path: str) -> None:
     for ax, group in zip(axes[0], groups):
         by_scale = _baseline_ap_by_scale(runs, group)
         scale = converged_scale(by_scale)[0] or max(by_scale)
-        for run, spec in GROUPS[group]["runs"].items():
-            curves = [
-                e["curve"]
-                for e in runs.values()
-                if e["group"] == group
-                and e["run"] == run
-                and e["scale"] == scale
-                and e.get("curve")
-            ]
-            if not curves:
-                continue
-            iters = sorted(set.intersection(*[{it for it, _ in c} for c in curves]))
-            values = [[dict(map(tuple, c))[it] for c in curves] for it in iters]
-            mean = [statistics.mean(v) for v in values]
-            (line,) = ax.plot(iters, mean, label=f"{spec['label']} ({len(curves)})", lw=1.3)
-            if len(curves) > 1:
-                lo, hi = [min(v) for v in values], [max(v) for v in values]
-                ax.fill_between(iters, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+        for k in sorted(by_scale):
+            curves = _curves_of(runs, group, "baseline", k)
+            if k != scale and curves:
+                label = f"Detectron2, {k}x ({len(curves)} seeds)"
+                _draw_curves(ax, curves, label, lw=0.9, ls="--", color=f"C{7 + k % 3}")
+        for i, (run, spec) in enumerate(GROUPS[group]["runs"].items()):
+            curves = _curves_of(runs, group, run, scale)
+            if curves:
+                label = f"{spec['label']}, {scale}x ({len(curves)} seeds)"
+                _draw_curves(ax, curves, label, lw=1.3, color=f"C{i}")
         ax.set_title(f"{GROUPS[group]['title']}, {scale}x", fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel("box AP", fontsize=8)

@@ -13,6 +13,7 @@ import time
 __all__ = [
     "CLAIM_FILE",
     "CallTimer",
+    "forward_timing_trainer",
     "claim_run",
     "converged_scale",
     "difference_verdict",
@@ -361,3 +362,23 @@ def evaluate_run(config: str, opts, weights: str, run_dir: str, *, trainer_cls=N
         raise FileNotFoundError(f"weights to evaluate not found: {weights}")
     opts = [*opts, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", os.path.join(run_dir, "eval")]
     return run_train_net(config, opts, eval_only=True, trainer_cls=trainer_cls)
+
+
+def forward_timing_trainer():
+    """A subclass of :class:`d2kit.engine.Trainer` whose ``build_model`` wraps the model's
+    ``forward`` in a :class:`CallTimer`, kept as the class attribute ``timer`` (the last model
+    built): evaluate with it (``trainer_cls`` of :func:`run_train_net`) to time inference per
+    image."""
+    from .engine import Trainer
+
+    class ForwardTimingTrainer(Trainer):
+        timer: CallTimer | None = None
+
+        @classmethod
+        def build_model(cls, cfg):
+            model = super().build_model(cfg)
+            cls.timer = CallTimer(model.forward)
+            model.forward = cls.timer
+            return model
+
+    return ForwardTimingTrainer

@@ -1,6 +1,20 @@
 """Helpers for the tests of every project."""
 
-__all__ = ["smoke_opts"]
+__all__ = ["BLOCK_COMPILED_OP", "smoke_opts"]
+
+#: Python source that, run first in a fresh interpreter (``python -c``), makes ``import hnms._C``
+#: fail, as on a machine where the op was never compiled.
+BLOCK_COMPILED_OP = """
+import importlib.abc, sys
+
+class _BlockCompiledOp(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "hnms._C":
+            raise ImportError("blocked for the test")
+        return None
+
+sys.meta_path.insert(0, _BlockCompiledOp())
+"""
 
 
 def smoke_opts(test_set: str, iters: int = 2) -> tuple[str, ...]:

@@ -208,3 +208,25 @@ def test_claim_run_treats_a_fresh_empty_claim_as_held_and_an_old_one_as_stale(tm
     os.utime(claim, (old, old))
     with claim_run(str(tmp_path), empty_grace_s=60.0) as mine:
         assert mine
+
+
+def test_forward_timing_trainer_times_every_forward_of_the_model_it_builds():
+    import torch
+    from detectron2.config import get_cfg
+
+    from d2kit.benchmarking import forward_timing_trainer
+    from d2kit.config import add_d2kit_config
+    from d2kit.engine import Trainer
+    from d2kit.paths import resolve_config_file
+
+    cfg = get_cfg()
+    add_d2kit_config(cfg)
+    cfg.merge_from_file(
+        resolve_config_file("quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml")
+    )
+    trainer_cls = forward_timing_trainer()
+    assert issubclass(trainer_cls, Trainer) and trainer_cls.timer is None
+    model = trainer_cls.build_model(cfg).eval()
+    with torch.no_grad():
+        model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64}])
+    assert isinstance(trainer_cls.timer, CallTimer) and len(trainer_cls.timer.times) == 1

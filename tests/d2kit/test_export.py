@@ -27,6 +27,7 @@ import torch
 from d2kit import export
 from d2kit.data.synthetic import SYNTH_SPECS, generate_image
 from d2kit.paths import CONFIGS_ROOT
+from d2kit.testing import BLOCK_COMPILED_OP
 
 QUICK_DIRS = (
     "quick_schedules",
@@ -202,19 +203,10 @@ def test_scripted_and_traced_ops():
 
 
 def test_export_without_compiled_op_says_what_to_build(tmp_path):
-    """Without hnms._C (forced as in tests/hnms/test_hnms_no_extension.py), exporting a model
+    """Without hnms._C (blocked as in tests/hnms/test_hnms_no_extension.py), exporting a model
     that runs HNMS stops with an error naming the build command; one without HNMS exports."""
-    code = textwrap.dedent(
+    code = BLOCK_COMPILED_OP + textwrap.dedent(
         f"""
-        import importlib.abc, sys
-
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "hnms._C":
-                    raise ImportError("blocked for the test")
-                return None
-
-        sys.meta_path.insert(0, Block())
         from d2kit import export
         try:
             export.main(["--config-file", {HNMS_CONFIG!r}, "--output", {str(tmp_path / "hnms")!r},

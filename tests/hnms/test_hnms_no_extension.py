@@ -4,19 +4,13 @@ import subprocess
 import sys
 import textwrap
 
+from d2kit.testing import BLOCK_COMPILED_OP
+
 
 def test_import_and_run_without_compiled_kernels():
-    code = textwrap.dedent(
+    code = BLOCK_COMPILED_OP + textwrap.dedent(
         """
-        import importlib.abc, logging, sys
-
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name == "hnms._C":
-                    raise ImportError("blocked for the test")
-                return None
-
-        sys.meta_path.insert(0, Block())
+        import logging
         logging.basicConfig(level=logging.WARNING)
         import torch
         import hnms
