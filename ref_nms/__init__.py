@@ -89,4 +89,8 @@ from .words import (
     matching_categories,
 )
 
+#: META_ARCHITECTURE -> the Trainer that trains it, for launchers that serve every project
+#: (``d2kit-train``, :func:`d2kit.projects.project_trainer`); imported on first use
+TRAINERS = {"RefNMS": "ref_nms.trainer:RefNMSTrainer"}
+
 __all__ = [k for k in globals().keys() if not k.startswith("_")]

@@ -11,8 +11,10 @@ A project's ``projects/<Name>/train_net.py`` is a few lines::
     if __name__ == "__main__":
         train_net.invoke_main(main)
 
-Run on its own it adds the keys of every project (:func:`d2kit.projects.project_config_fns`), so
-it trains the baselines and the composed configs, which use several projects at once::
+Run on its own it adds the keys of every project (:func:`d2kit.projects.project_config_fns`) and
+takes the Trainer a project names for the config's META_ARCHITECTURE (Ref-NMS's;
+:func:`d2kit.projects.project_trainer`), so it trains the baselines, every project's configs and
+the composed configs, which use several projects at once::
 
     python -m d2kit.engine.train_net --config-file configs/quick_schedules/<config>.yaml
     python -m d2kit.engine.train_net --config-file configs/Composed/quick_schedules/<config>.yaml
@@ -48,7 +50,7 @@ from ..config import add_d2kit_config
 from ..paths import resolve_config_file
 from .trainer import Trainer
 
-__all__ = ["setup", "main", "invoke_main", "cli", "RESULTS_FILE"]
+__all__ = ["load_config", "setup", "main", "invoke_main", "cli", "RESULTS_FILE"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +58,26 @@ logger = logging.getLogger(__name__)
 RESULTS_FILE = "final_results.json"
 
 
-def setup(args, config_fns: Iterable[Callable] = ()):
-    """Build the frozen config: defaults, the shared keys (:func:`d2kit.config.add_d2kit_config`),
-    each project's keys, the YAML, then ``args.opts``.
-
-    A config that asks for CUDA on a machine without a GPU runs on the CPU (with a warning).
-    """
+def load_config(config_file: str, opts, config_fns: Iterable[Callable] = ()):
+    """The (unfrozen) config: defaults, the shared keys (:func:`d2kit.config.add_d2kit_config`),
+    each project's keys, the YAML (a path or a name under ``configs/``), then ``opts``."""
     cfg = get_cfg()
     add_d2kit_config(cfg)
     for add_config in config_fns:
         add_config(cfg)
+    cfg.merge_from_file(resolve_config_file(config_file))
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def setup(args, config_fns: Iterable[Callable] = ()):
+    """Build the frozen config (:func:`load_config`) and set up logging and ``OUTPUT_DIR``.
+
+    A config that asks for CUDA on a machine without a GPU runs on the CPU (with a warning).
+    """
     # resolved in place: default_setup logs and copies args.config_file
     args.config_file = resolve_config_file(args.config_file)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_config(args.config_file, args.opts, config_fns)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("MODEL.DEVICE=%s but no GPU is visible: using the CPU.", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
@@ -125,9 +133,14 @@ def invoke_main(main_fn: Callable, argv: list[str] | None = None) -> None:
 
 
 def _baseline_main(args):
-    from ..projects import project_config_fns
+    """Every project's keys; the Trainer the config's META_ARCHITECTURE needs (e.g. Ref-NMS's),
+    else the shared one."""
+    from ..projects import project_config_fns, project_trainer
 
-    return main(args, config_fns=project_config_fns())
+    config_fns = project_config_fns()
+    cfg = load_config(args.config_file, args.opts, config_fns)
+    trainer_cls = project_trainer(cfg.MODEL.META_ARCHITECTURE) or Trainer
+    return main(args, config_fns=config_fns, trainer_cls=trainer_cls)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -125,3 +125,25 @@ def test_config_file_lookup(tmp_path):
     assert resolve_config_file(FASTER.removeprefix("configs/")) == os.path.join(REPO_ROOT, FASTER)
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         resolve_config_file("nope.yaml")
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("quick_schedules/faster_rcnn_R_18_FPN_quick_synth_shapes.yaml", "Trainer"),
+        ("RefNMS/quick_schedules/ref_nms_bce_synth_referring.yaml", "RefNMSTrainer"),
+    ],
+)
+def test_the_shared_launcher_takes_the_trainer_the_config_needs(monkeypatch, config, expected):
+    """``python -m d2kit.engine.train_net`` / ``d2kit-train`` trains every project's configs:
+    Ref-NMS's relatedness model with its own Trainer (``ref_nms.TRAINERS``), the rest with the
+    shared one."""
+    from d2kit.projects import project_trainer
+
+    assert project_trainer("GeneralizedRCNN") is None
+    chosen = {}
+    monkeypatch.setattr(
+        train_net, "main", lambda args, config_fns, trainer_cls: chosen.update(cls=trainer_cls)
+    )
+    train_net._baseline_main(default_argument_parser().parse_args(["--config-file", config]))
+    assert chosen["cls"].__name__ == expected
