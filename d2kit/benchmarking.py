@@ -5,6 +5,7 @@ import contextlib
 import fcntl
 import glob
 import json
+import logging
 import math
 import os
 import statistics
@@ -13,6 +14,7 @@ import time
 __all__ = [
     "CLAIM_FILE",
     "CallTimer",
+    "detach_new_log_handlers",
     "forward_timing_trainer",
     "claim_run",
     "converged_scale",
@@ -313,6 +315,32 @@ def remove_periodic_checkpoints(run_dir: str) -> list[str]:
     return removed
 
 
+@contextlib.contextmanager
+def detach_new_log_handlers():
+    """Remove (and close) the logging handlers added while the block runs, when it ends.
+
+    Detectron2's ``default_setup`` adds a console and a ``<OUTPUT_DIR>/log.txt`` handler for
+    every new output folder and never removes them, so a process that trains several runs one
+    after another would print each line several times and write later runs' lines into earlier
+    runs' ``log.txt``."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    before = {id(logger): list(logger.handlers) for logger in loggers}
+    try:
+        yield
+    finally:
+        for logger in [logging.getLogger()] + list(logging.Logger.manager.loggerDict.values()):
+            if not isinstance(logger, logging.Logger):
+                continue
+            for handler in list(logger.handlers):
+                if handler not in before.get(id(logger), []):
+                    logger.removeHandler(handler)
+                    handler.close()
+
+
 def run_train_net(
     config: str, opts, *, eval_only: bool = False, resume: bool = False, trainer_cls=None
 ):
@@ -331,7 +359,10 @@ def run_train_net(
     argv = ["--config-file", config] + (["--eval-only"] if eval_only else [])
     argv += ["--resume"] if resume else []
     args = default_argument_parser().parse_args(argv + [str(o) for o in opts])
-    return train_net.main(args, config_fns=project_config_fns(), trainer_cls=trainer_cls or Trainer)
+    with detach_new_log_handlers():  # each run logs to its own log.txt only
+        return train_net.main(
+            args, config_fns=project_config_fns(), trainer_cls=trainer_cls or Trainer
+        )
 
 
 def train_run(config: str, opts, run_dir: str, *, trainer_cls=None) -> tuple[dict, str]:

@@ -230,3 +230,25 @@ def test_forward_timing_trainer_times_every_forward_of_the_model_it_builds():
     with torch.no_grad():
         model([{"image": torch.zeros(3, 64, 64, dtype=torch.uint8), "height": 64, "width": 64}])
     assert isinstance(trainer_cls.timer, CallTimer) and len(trainer_cls.timer.times) == 1
+
+
+def test_detach_new_log_handlers_removes_only_what_the_block_added(tmp_path):
+    import logging
+
+    from d2kit.benchmarking import detach_new_log_handlers
+
+    logger = logging.getLogger("d2kit.test_detach")
+    kept = logging.StreamHandler()
+    logger.addHandler(kept)
+    try:
+        with detach_new_log_handlers():
+            added = logging.FileHandler(tmp_path / "log.txt")
+            logger.addHandler(added)
+            logging.getLogger("d2kit.test_detach.child").addHandler(logging.NullHandler())
+            logger.warning("inside")
+        assert logger.handlers == [kept]
+        assert logging.getLogger("d2kit.test_detach.child").handlers == []
+        logger.warning("outside")  # not written to the run's file any more
+        assert (tmp_path / "log.txt").read_text().splitlines() == ["inside"]
+    finally:
+        logger.removeHandler(kept)
